@@ -1,0 +1,3 @@
+from hashee_cli.cli import main
+
+main()
