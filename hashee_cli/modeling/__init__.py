@@ -1,0 +1,1 @@
+"""HashEE models: token-level early exit on top of Hugging Face encoders."""
