@@ -1,0 +1,57 @@
+# hashee: tests and the paper pipeline.
+#
+#   make install                  create .venv and install hashee with its test extras
+#   make test                     run the test suite
+#   make reproduce                the paper pipeline, CPU-sized profile
+#   make reproduce PROFILE=gpu    the same pipeline on full data (GPU)
+#
+# Data comes from DATA_DIR (ELUE layout); it defaults to ../shared/data/elue
+# when that folder exists. Results go to OUT.
+
+PROFILE ?= cpu
+include experiments/profiles/$(PROFILE).mk
+
+SHARED_DATA := $(wildcard ../shared/data/elue)
+DATA_DIR ?= $(SHARED_DATA)
+OUT ?= runs/reproduce-$(PROFILE)
+VENV ?= .venv
+PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+HASHEE ?= $(PYTHON) -m hashee_cli
+
+TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
+	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
+	--seed $(SEED) --overwrite
+
+.PHONY: install test reproduce reproduce-sst2 check-data
+
+install:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install torch==2.13.0
+	$(VENV)/bin/pip install -e '.[test]'
+
+test:
+	$(PYTHON) -m pytest -q
+
+check-data:
+	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
+	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
+
+reproduce: reproduce-sst2
+
+# SST-2: a frequency hash, HashEE at the profile's exit layers and at one
+# exit per layer (the aggressive setting), and the full model on the same
+# budget; all evaluated on the test split and compared in one table.
+reproduce-sst2: check-data
+	@mkdir -p $(OUT)/sst2
+	$(HASHEE) build-hash --method freq --data-dir $(DATA_DIR) --exit-layers $(EXIT_LAYERS) \
+		-o $(OUT)/sst2/hash-freq.json --overwrite
+	$(HASHEE) build-hash --method freq --data-dir $(DATA_DIR) --exit-layers $(AGGRESSIVE_EXIT_LAYERS) \
+		-o $(OUT)/sst2/hash-freq-aggressive.json --overwrite
+	$(HASHEE) finetune --method full $(TRAIN_OPTIONS) -o $(OUT)/sst2/full
+	$(HASHEE) finetune --hash-table $(OUT)/sst2/hash-freq.json $(TRAIN_OPTIONS) -o $(OUT)/sst2/hashee-freq
+	$(HASHEE) finetune --hash-table $(OUT)/sst2/hash-freq-aggressive.json $(TRAIN_OPTIONS) -o $(OUT)/sst2/hashee-freq-aggressive
+	$(HASHEE) evaluate $(OUT)/sst2/full --split test -o $(OUT)/sst2/metrics-full.csv --overwrite
+	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq --split test -o $(OUT)/sst2/metrics-hashee-freq.csv --overwrite
+	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq-aggressive --split test -o $(OUT)/sst2/metrics-hashee-freq-aggressive.csv --overwrite
+	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2

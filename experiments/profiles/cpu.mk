@@ -1,0 +1,9 @@
+# CPU profile of `make reproduce`: sized to finish within CI's budget on 2 cores.
+# One epoch on a seeded subset of the SST-2 training split.
+TRAIN_LIMIT = 4000
+EPOCHS = 1
+BATCH_SIZE = 32
+LEARNING_RATE = 1e-4
+SEED = 42
+EXIT_LAYERS = 4,5,6
+AGGRESSIVE_EXIT_LAYERS = 1,2,3,4,5,6
