@@ -15,6 +15,7 @@ from hashee_cli.data.encoding import EncodedSplit, collate, encode_split, evalua
 from hashee_cli.data.reading import DataConfig, load_split, subsample
 from hashee_cli.data.tasks import TaskSpec
 from hashee_cli.devices import resolve_device
+from hashee_cli.flops import UNIT, EncoderDims, example_macs, head_macs
 from hashee_cli.metrics import compute_metrics
 from hashee_cli.modeling.model import Form
 
@@ -25,12 +26,15 @@ class Predictions:
 
     ``logits`` is (N, C) for classification and (N,) for regression.
     ``tokens_per_layer[l]`` counts the non-padding tokens whose exit layer is
-    l (index 0 is unused). ``seconds`` covers the forward passes only.
+    l (index 0 is unused). ``example_macs`` is the analytic cost of each
+    example run alone (see ``hashee_cli.flops``). ``seconds`` covers the
+    forward passes only.
     """
 
     logits: np.ndarray
     tokens_per_layer: np.ndarray
     example_exit_means: np.ndarray
+    example_macs: np.ndarray
     seconds: float
 
     @property
@@ -63,8 +67,13 @@ def predict(
     device = next(model.parameters()).device
     num_layers = model.num_layers
 
+    dims = EncoderDims.from_config(model.config)
+    # A multi-exit model also runs the internal classifiers of layers 1..L-1.
+    extra_head_macs = head_macs(dims) * len(getattr(model, "exit_heads", []))
+
     logits_by_example: list[np.ndarray | None] = [None] * len(encoded)
     exit_means = np.zeros(len(encoded))
+    macs = np.zeros(len(encoded))
     tokens_per_layer = torch.zeros(num_layers + 1, dtype=torch.long, device=device)
     seconds = 0.0
 
@@ -84,14 +93,16 @@ def predict(
             tokens_per_layer += torch.bincount(exit_layers.flatten(), minlength=num_layers + 1)[: num_layers + 1]
             valid = batch["attention_mask"].sum(dim=1).clamp(min=1)
             batch_means = (exit_layers.sum(dim=1) / valid).cpu().numpy()
+            batch_macs = (example_macs(dims, exit_layers) + extra_head_macs).cpu().numpy()
             batch_logits = output.logits.float().cpu().numpy()
             for row, index in enumerate(indices):
                 logits_by_example[index] = batch_logits[row]
                 exit_means[index] = batch_means[row]
+                macs[index] = batch_macs[row]
 
     counts = tokens_per_layer.cpu().numpy()
     counts[0] = 0  # padding
-    return Predictions(np.stack(logits_by_example), counts, exit_means, seconds)
+    return Predictions(np.stack(logits_by_example), counts, exit_means, macs, seconds)
 
 
 def predicted_values(task: TaskSpec, logits: np.ndarray) -> np.ndarray:
@@ -159,6 +170,8 @@ def evaluate_checkpoint(
         "score": metrics.get(task.main_metric, float("nan")),
         "mean_exit_layer": predictions.mean_exit_layer,
         **{f"token_share_layer_{layer}": share for layer, share in predictions.token_share().items()},
+        "macs_per_example": float(predictions.example_macs.mean()),
+        "flops_unit": UNIT,
         "examples_per_second": predictions.num_examples / max(predictions.seconds, 1e-9),
         "batch_size": batch_size,
         "form": form,
@@ -170,7 +183,14 @@ def evaluate_checkpoint(
         predicted = [task.labels[int(value)] for value in values]
     else:
         predicted = values.tolist()
-    frame = pd.DataFrame({"line": loaded.line_numbers, "prediction": predicted, "mean_exit_layer": predictions.example_exit_means})
+    frame = pd.DataFrame(
+        {
+            "line": loaded.line_numbers,
+            "prediction": predicted,
+            "mean_exit_layer": predictions.example_exit_means,
+            "macs": predictions.example_macs,
+        }
+    )
     if loaded.labels is not None:
         frame.insert(2, "label", loaded.labels)
     for column, name in enumerate(("text", "text_pair")[: len(loaded.texts)]):

@@ -35,13 +35,16 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """One row per run with its score, the difference to the full model of the same task and split, and exit depth.
 
     ``delta_vs_full`` is in points (score x 100) when the full model was
-    evaluated on the same task and split, else empty.
+    evaluated on the same task and split, else empty. ``macs_ratio_to_full``
+    and ``speedup_vs_full`` compare the analytic cost and the measured
+    throughput with that full model.
     """
     rows = []
     for (task, split), group in metrics.groupby(["task", "split"], sort=False):
         full = group[group["method"] == "full"]
         full_score = full["score"].iloc[-1] if len(full) else float("nan")
         full_speed = full["examples_per_second"].iloc[-1] if len(full) and "examples_per_second" in full else float("nan")
+        full_macs = full["macs_per_example"].iloc[-1] if len(full) and "macs_per_example" in full else float("nan")
         for _, row in group.iterrows():
             metric_names = [name for name in ("accuracy", "f1", "f1_macro", "pearson", "spearman") if name in row and pd.notna(row[name])]
             rows.append(
@@ -55,6 +58,8 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
                     **{name: row[name] for name in metric_names},
                     "delta_vs_full": 100 * (row["score"] - full_score),
                     "mean_exit_layer": row.get("mean_exit_layer", float("nan")),
+                    "macs_per_example": row.get("macs_per_example", float("nan")),
+                    "macs_ratio_to_full": row.get("macs_per_example", float("nan")) / full_macs,
                     "num_layers": row.get("num_layers", float("nan")),
                     "examples_per_second": row.get("examples_per_second", float("nan")),
                     "speedup_vs_full": row.get("examples_per_second", float("nan")) / full_speed,

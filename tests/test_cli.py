@@ -127,6 +127,8 @@ def test_evaluate_writes_metrics_row(hashee_checkpoint, tmp_path):
     shares = [row[f"token_share_layer_{layer}"] for layer in range(1, 5)]
     assert sum(shares) == pytest.approx(1.0)
     assert row["examples_per_second"] > 0
+    assert row["flops_unit"] == "MACs"
+    assert row["macs_per_example"] > 0
     written = pd.read_csv(predictions, sep="\t")
     assert len(written) == 200
     assert set(written["prediction"]) <= {0, 1}
@@ -267,6 +269,8 @@ def test_report_compares_runs(hashee_checkpoint, tiny_bert, elue_dir, tmp_path):
     table = pd.read_csv(tmp_path / "report" / "comparison.csv")
     assert list(table["method"]) == ["full", "hashee"]
     assert table.loc[0, "delta_vs_full"] == 0
+    assert table.loc[0, "macs_ratio_to_full"] == 1.0
+    assert table.loc[1, "macs_ratio_to_full"] < 1.0
     assert "| task |" in (tmp_path / "report" / "comparison.md").read_text()
 
 
