@@ -64,6 +64,10 @@ def _hash_table_for(settings: FinetuneSettings) -> HashTable | None:
 
 def finetune(settings: FinetuneSettings, callback: TrainingCallback | None = None) -> FinetuneResult:
     """Load data and backbone, fine-tune, and save the best epoch as a checkpoint directory."""
+    if settings.data.task_spec().problem_type == "summarization":
+        from hashee_cli.seq2seq.finetuning import finetune_summarizer
+
+        return finetune_summarizer(settings, callback)
     start = time.perf_counter()
     output_dir = Path(settings.output_dir)
     if output_dir.exists() and not settings.overwrite:

@@ -9,6 +9,9 @@ import pandas as pd
 from hashee_cli.errors import HasheeError
 
 REQUIRED_COLUMNS = ("run", "task", "method", "split", "score", "main_metric")
+METRIC_COLUMNS = ("accuracy", "f1", "f1_macro", "pearson", "spearman", "rouge1", "rouge2", "rougeL")
+# Columns that only some runs have (summarisation: both stacks and the cost per generated token).
+OPTIONAL_COLUMNS = ("mean_exit_layer_encoder", "mean_exit_layer_decoder", "macs_per_generated_token", "tokens_per_second")
 
 
 def read_metrics(paths: list[Path]) -> pd.DataFrame:
@@ -46,7 +49,8 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
         full_speed = full["examples_per_second"].iloc[-1] if len(full) and "examples_per_second" in full else float("nan")
         full_macs = full["macs_per_example"].iloc[-1] if len(full) and "macs_per_example" in full else float("nan")
         for _, row in group.iterrows():
-            metric_names = [name for name in ("accuracy", "f1", "f1_macro", "pearson", "spearman") if name in row and pd.notna(row[name])]
+            metric_names = [name for name in METRIC_COLUMNS if name in row and pd.notna(row[name])]
+            optional = [name for name in OPTIONAL_COLUMNS if name in row and pd.notna(row[name])]
             rows.append(
                 {
                     "task": task,
@@ -63,6 +67,7 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
                     "num_layers": row.get("num_layers", float("nan")),
                     "examples_per_second": row.get("examples_per_second", float("nan")),
                     "speedup_vs_full": row.get("examples_per_second", float("nan")) / full_speed,
+                    **{name: row[name] for name in optional},
                 }
             )
     return pd.DataFrame(rows)

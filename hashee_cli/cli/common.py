@@ -104,7 +104,10 @@ ModelOption = Annotated[
     ),
 ]
 TaskOption = Annotated[
-    str, typer.Option(help="Task: SST-2, MRPC, STS-B, SNLI, SciTail, IMDb, or a name for your own files.")
+    str,
+    typer.Option(
+        help="Task: SST-2, MRPC, STS-B, SNLI, SciTail, IMDb, DialogSum, summarization, or a name for your own files."
+    ),
 ]
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Folder in the ELUE layout: <data-dir>/<TASK>/{train,dev,test_full}.tsv.")
@@ -118,13 +121,16 @@ TextColumnOption = Annotated[
 ]
 LabelColumnOption = Annotated[str | None, typer.Option(help="Label column of your own files.")]
 ProblemTypeOption = Annotated[
-    str, typer.Option(help="For your own files: classification or regression.")
+    str, typer.Option(help="For your own files: classification, regression or summarization.")
 ]
 HubDatasetOption = Annotated[
     str | None, typer.Option(help="Hugging Face datasets name to load splits from (needs network access).")
 ]
 HubConfigOption = Annotated[str | None, typer.Option(help="Configuration name of the hub data set.")]
 MaxSeqLengthOption = Annotated[int, typer.Option(help="Maximum tokens per example; longer ones are truncated.")]
+MaxTargetLengthOption = Annotated[
+    int, typer.Option(help="Summarisation: maximum tokens of a target summary; longer ones are truncated.")
+]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA when available), cpu, cuda or cuda:N.")]
 
@@ -141,6 +147,7 @@ def data_config(
     hub_dataset: str | None,
     hub_config: str | None,
     max_seq_length: int,
+    max_target_length: int = 64,
 ) -> DataConfig:
     return DataConfig(
         task=task,
@@ -154,6 +161,7 @@ def data_config(
         label_column=label_column,
         problem_type=problem_type,
         max_seq_length=max_seq_length,
+        max_target_length=max_target_length,
     )
 
 
@@ -207,4 +215,4 @@ class RichTrainingProgress:
             )
         self.epoch = record["epoch"] + 1
         if self.epoch <= self.epochs:
-            self.progress.reset(self.task_id, total=self.steps_per_epoch, epoch=self.epoch, loss=0.0)
+            self.progress.reset(self.task_id, total=self.steps_per_epoch, epoch=self.epoch, epochs=self.epochs, loss=0.0)

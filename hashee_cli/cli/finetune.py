@@ -16,6 +16,7 @@ from hashee_cli.cli.common import (
     HubDatasetOption,
     LabelColumnOption,
     MaxSeqLengthOption,
+    MaxTargetLengthOption,
     ModelOption,
     ProblemTypeOption,
     RichTrainingProgress,
@@ -67,6 +68,7 @@ def finetune(
     hub_dataset: HubDatasetOption = None,
     hub_config: HubConfigOption = None,
     max_seq_length: MaxSeqLengthOption = 128,
+    max_target_length: MaxTargetLengthOption = 64,
     num_layers: Annotated[int | None, typer.Option(help="Use only the first k layers of the backbone.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs; the best epoch on dev is kept.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
@@ -98,7 +100,7 @@ def finetune(
         overwrite=overwrite,
         data=data_config(
             task, data_dir, train_file, dev_file, test_file, text_column, label_column, problem_type,
-            hub_dataset, hub_config, max_seq_length,
+            hub_dataset, hub_config, max_seq_length, max_target_length,
         ),
         training=TrainingConfig(
             epochs=epochs,
