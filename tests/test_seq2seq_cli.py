@@ -102,7 +102,8 @@ def test_evaluate_scores_generations_against_three_references(runs, tmp_path):
         result = invoke("evaluate", runs / name, "--split", "test", "-o", metrics, "--predictions", predictions, "--batch-size", "4")
         assert result.exit_code == 0, result.output
         frame = pd.read_csv(predictions, sep="\t", quoting=3, keep_default_na=False)
-        assert {"generated", "summary", "summary2", "summary3", "document", "rougeL"} <= set(frame.columns)
+        assert list(frame.columns[:5]) == ["line", "generated", "summary", "summary2", "summary3"]
+        assert {"document", "rougeL", "mean_exit_layer_decoder", "macs"} <= set(frame.columns)
         assert len(frame) == 8
     rows = pd.read_csv(metrics).set_index("method")
     assert rows.loc["hashee", "references"] == "summary summary2 summary3"
@@ -211,3 +212,39 @@ def test_hash_table_from_another_tokenizer_rejected(other_tokenizer_model, tiny_
     assert "was built for another tokenizer" in _error_line(result)
     assert not (tmp_path / "run").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["other.json"]
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_pretrained_encoder_decoder_directories(family, minilm_tokenizer, data_dir, tmp_path):
+    """A local BART or T5 directory takes the path of hub checkpoints such as facebook/bart-base."""
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    ids = dict(pad_token_id=0, eos_token_id=102, decoder_start_token_id=101)
+    if family == "bart":
+        config = BartConfig(
+            vocab_size=len(minilm_tokenizer), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128, **ids,
+        )
+        model = BartForConditionalGeneration(config)
+    else:
+        config = T5Config(vocab_size=len(minilm_tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, **ids)
+        model = T5ForConditionalGeneration(config)
+    model.save_pretrained(tmp_path / family)
+    minilm_tokenizer.save_pretrained(tmp_path / family)
+
+    table = tmp_path / "hash.json"
+    result = invoke("build-hash", "--task", "DialogSum", "--model", tmp_path / family, "--data-dir", data_dir, *LENGTHS, "-o", table)
+    assert result.exit_code == 0, result.output
+    assert json.loads(table.read_text())["num_layers"] == 2
+    result = invoke(
+        "finetune", "--task", "DialogSum", "--model", tmp_path / family, "--data-dir", data_dir, "--hash-table", table,
+        *TRAINING, "--train-limit", "16", "--dev-limit", "4", "-o", tmp_path / "run",
+    )
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", tmp_path / "run", "--limit", "4", "--num-beams", "2", "-o", tmp_path / "metrics.csv")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "metrics.csv").iloc[0]
+    assert row["num_layers"] == 2
+    assert row["mean_exit_layer_encoder"] < 2.0
+    assert json.loads((tmp_path / "run" / "hashee_config.json").read_text())["architecture"] == family

@@ -21,7 +21,7 @@ from hashee_cli.seq2seq.data import EncodedSummaries, collate_summaries, encode_
 from hashee_cli.seq2seq.flops import Seq2SeqCosts
 from hashee_cli.seq2seq.generation import GenerationSettings, generate
 from hashee_cli.seq2seq.model import HashEESeq2SeqModel
-from hashee_cli.seq2seq.rouge import ROUGE_TYPES, rouge_per_example
+from hashee_cli.seq2seq.rouge import rouge_per_example
 
 
 def _synchronize(device: torch.device) -> None:
@@ -201,20 +201,17 @@ def evaluate_summarizer(
         "device": str(target),
     }
 
-    frame = pd.DataFrame(
-        {
-            "line": loaded.line_numbers,
-            "generated": summaries.texts,
-            "generated_tokens": summaries.generated_tokens,
-            "mean_exit_layer_encoder": summaries.encoder_exit_means,
-            "mean_exit_layer_decoder": summaries.decoder_exit_means,
-            "macs": total_macs,
-        }
-    )
+    # Each generated summary sits next to its references, then its scores and costs, then the document.
+    columns = {"line": loaded.line_numbers, "generated": summaries.texts}
     if loaded.references is not None:
         for position, column in enumerate(loaded.reference_columns):
-            frame[column] = [references[position] for references in loaded.references]
-        for name in ROUGE_TYPES:
-            frame[name] = per_example[name]
-    frame["document"] = loaded.documents
-    return EvaluationResult(row, frame)
+            columns[column] = [references[position] for references in loaded.references]
+        columns.update(per_example)
+    columns.update(
+        generated_tokens=summaries.generated_tokens,
+        mean_exit_layer_encoder=summaries.encoder_exit_means,
+        mean_exit_layer_decoder=summaries.decoder_exit_means,
+        macs=total_macs,
+        document=loaded.documents,
+    )
+    return EvaluationResult(row, pd.DataFrame(columns))

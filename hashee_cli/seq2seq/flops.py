@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hashee_cli.flops import UNIT, UNIT_NOTE  # noqa: F401  (re-exported: one unit for the whole tool)
 from hashee_cli.seq2seq.architectures import AttentionParts, Seq2SeqLayerParts
 
 

@@ -159,7 +159,17 @@ def generate(
     return GenerationOutput(sequences, lengths, encoder_output.exit_layers, source_cost, decoder_cost)
 
 
-def _greedy(model, encoder_output, settings, use_cache, form, costs):
+Decoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # sequences (B, 1 + M), lengths (B,), decoder MACs (B,)
+
+
+def _greedy(
+    model: HashEESeq2SeqModel,
+    encoder_output: EncoderOutput,
+    settings: GenerationSettings,
+    use_cache: bool,
+    form: str,
+    costs: Seq2SeqCosts,
+) -> Decoded:
     batch = encoder_output.states.shape[0]
     device = encoder_output.states.device
     source_lengths = encoder_output.attention_mask.sum(dim=1)  # (B,)
@@ -185,7 +195,14 @@ def _greedy(model, encoder_output, settings, use_cache, form, costs):
     return sequences, lengths, decoder_cost
 
 
-def _beam_search(model, encoder_output, settings, use_cache, form, costs):
+def _beam_search(
+    model: HashEESeq2SeqModel,
+    encoder_output: EncoderOutput,
+    settings: GenerationSettings,
+    use_cache: bool,
+    form: str,
+    costs: Seq2SeqCosts,
+) -> Decoded:
     """Keep ``num_beams`` running hypotheses per example and the ``num_beams`` best finished ones.
 
     At each step the 2K best continuations of the K running beams are
