@@ -22,7 +22,7 @@ TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_S
 	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
 	--seed $(SEED) --overwrite
 
-.PHONY: install test reproduce reproduce-sst2 check-data
+.PHONY: install test reproduce reproduce-sst2 check-data reproduce-dialogsum check-summarization-data
 
 install:
 	python3 -m venv $(VENV)
@@ -36,7 +36,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2
+reproduce: reproduce-sst2 reproduce-dialogsum
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -55,3 +55,32 @@ reproduce-sst2: check-data
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq-aggressive --split test -o $(OUT)/sst2/metrics-hashee-freq-aggressive.csv --overwrite
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2
+
+# DialogSum summarisation: bert2bert warm-started from MiniLM, a frequency hash
+# counted over dialogues and summaries, the full model and HashEE trained on the
+# same budget, greedy summaries of the test split scored with ROUGE against its
+# three references, and one comparison table (ROUGE, exit layers, MACs).
+SUMMARIZATION_DIR ?= $(wildcard ../shared/data/summarization)
+SUMM_OUT = $(OUT)/dialogsum
+SUMM_LENGTHS = --max-seq-length $(SUMM_MAX_SOURCE_LENGTH) --max-target-length $(SUMM_MAX_TARGET_LENGTH)
+SUMM_TRAIN_OPTIONS = --task DialogSum --data-dir $(SUMMARIZATION_DIR) $(SUMM_LENGTHS) --epochs $(SUMM_EPOCHS) \
+	--batch-size $(SUMM_BATCH_SIZE) --eval-batch-size $(SUMM_EVAL_BATCH_SIZE) --learning-rate $(SUMM_LEARNING_RATE) \
+	$(if $(SUMM_TRAIN_LIMIT),--train-limit $(SUMM_TRAIN_LIMIT)) $(if $(SUMM_DEV_LIMIT),--dev-limit $(SUMM_DEV_LIMIT)) \
+	--seed $(SEED) --overwrite
+SUMM_EVAL_OPTIONS = --split test --num-beams $(SUMM_NUM_BEAMS) --batch-size $(SUMM_EVAL_BATCH_SIZE) \
+	$(if $(SUMM_TEST_LIMIT),--limit $(SUMM_TEST_LIMIT)) --seed $(SEED) --overwrite
+
+check-summarization-data:
+	@test -f "$(SUMMARIZATION_DIR)/DialogSum/train.tsv" || { echo "Error: $(SUMMARIZATION_DIR)/DialogSum/train.tsv not found; set SUMMARIZATION_DIR to a folder with DialogSum/{train,dev,test_allrefs}.tsv"; exit 1; }
+
+reproduce-dialogsum: check-summarization-data
+	@mkdir -p $(SUMM_OUT)
+	$(HASHEE) build-hash --task DialogSum --method freq --data-dir $(SUMMARIZATION_DIR) $(SUMM_LENGTHS) \
+		--exit-layers $(SUMM_EXIT_LAYERS) -o $(SUMM_OUT)/hash-freq.json --overwrite
+	$(HASHEE) finetune --method full $(SUMM_TRAIN_OPTIONS) -o $(SUMM_OUT)/full
+	$(HASHEE) finetune --hash-table $(SUMM_OUT)/hash-freq.json $(SUMM_TRAIN_OPTIONS) -o $(SUMM_OUT)/hashee-freq
+	$(HASHEE) evaluate $(SUMM_OUT)/full $(SUMM_EVAL_OPTIONS) -o $(SUMM_OUT)/metrics-full.csv \
+		--predictions $(SUMM_OUT)/generations-full.tsv
+	$(HASHEE) evaluate $(SUMM_OUT)/hashee-freq $(SUMM_EVAL_OPTIONS) -o $(SUMM_OUT)/metrics-hashee-freq.csv \
+		--predictions $(SUMM_OUT)/generations-hashee-freq.tsv
+	$(HASHEE) report $(SUMM_OUT)/metrics-full.csv $(SUMM_OUT)/metrics-hashee-freq.csv -o $(SUMM_OUT)
