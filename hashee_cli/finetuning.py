@@ -18,7 +18,7 @@ from hashee_cli.hashing.table import HashTable, load_hash_table
 from hashee_cli.modeling.model import HashEEModel, load_backbone_for_task
 from hashee_cli.modeling.multi_exit import MultiExitModel
 from hashee_cli.provenance import library_versions
-from hashee_cli.training import TrainingCallback, TrainingConfig, TrainingResult, train
+from hashee_cli.training import TrainingCallback, TrainingConfig, TrainingResult, seed_everything, train
 
 METHODS = ("hashee", "full", "multi-exit")
 
@@ -80,6 +80,8 @@ def finetune(settings: FinetuneSettings, callback: TrainingCallback | None = Non
     dev_split = subsample(dev_split, settings.dev_limit, settings.training.seed)
 
     tokenizer = load_tokenizer(settings.model)
+    # Seed before the new head is initialised, or two runs start from different weights.
+    seed_everything(settings.training.seed)
     hf_model = load_backbone_for_task(settings.model, task, settings.num_layers)
     assigner = None
     if table is not None:
