@@ -26,7 +26,7 @@ SUPPORTED_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl", ".json", ".parquet")
 
 @dataclass
 class DataConfig:
-    """Where a task's splits come from; saved with every checkpoint.
+    """Data settings of a run: the task and the source of each split, saved with every checkpoint.
 
     Exactly one source applies per split, in this order: an explicit file for
     that split, the ELUE layout ``<data_dir>/<task>/<file>``, or a hub data set.
@@ -69,9 +69,10 @@ class DataConfig:
 class Split:
     """The labelled examples of one split.
 
-    ``texts`` holds one list per text field. ``labels`` holds label strings for
-    classification and floats for regression. ``line_numbers[i]`` is where
-    example ``i`` sits in its source, for error messages.
+    ``texts`` contains one list per text field. ``labels`` contains label
+    strings for classification and floats for regression.
+    ``line_numbers[i]`` is the line (or row) of example ``i`` in its source,
+    for error messages.
     """
 
     name: str
