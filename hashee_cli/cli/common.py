@@ -43,7 +43,8 @@ state = State()
 def fail(message: str, code: int = 1) -> None:
     # Under torchrun every process reports its errors, so the rank prefix identifies the process.
     rank = os.environ.get("RANK", "0")
-    where = f"[rank {rank}] " if rank not in ("", "0") else ""
+    # The backslash keeps rich from reading "[rank 1]" as a markup tag.
+    where = f"\\[rank {rank}] " if rank not in ("", "0") else ""
     error_console.print(f"{where}[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
