@@ -135,6 +135,7 @@ def distributed_session(device_name: str) -> Iterator[DistributedContext]:
     if created:
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        # NOTE: the tests run gloo on CPU only; the NCCL path makes the same calls but has not been run here.
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     elif dist.get_world_size() != world_size:

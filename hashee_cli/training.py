@@ -253,6 +253,7 @@ class _Trainer:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps
         )
+        # NOTE: float16 with loss scaling exists on CUDA only, which the tests do not reach.
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.precision.uses_grad_scaler else None
 
         self.loop = LoopState()
