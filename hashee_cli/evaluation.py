@@ -18,6 +18,7 @@ from hashee_cli.devices import resolve_device
 from hashee_cli.flops import UNIT, EncoderDims, example_macs, head_macs
 from hashee_cli.metrics import compute_metrics
 from hashee_cli.modeling.model import Form
+from hashee_cli.provenance import version_columns
 
 
 @dataclass
@@ -176,6 +177,9 @@ def evaluate_checkpoint(
         "batch_size": batch_size,
         "form": form,
         "device": str(target),
+        "seed": seed,
+        "train_seed": settings.get("training", {}).get("seed"),
+        **version_columns(),
     }
 
     values = predicted_values(task, predictions.logits)
