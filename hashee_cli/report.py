@@ -67,19 +67,21 @@ def _join_keys(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def attach_flop_counts(metrics: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
-    """Add each run's counted cost per example (``counted_flops_per_example`` and its unit) to its metrics rows.
+    """Add each run's counted cost per example, its unit and the number of examples counted to its metrics rows.
 
-    Rows join on run, checkpoint, task and split; runs without a count keep empty cells.
+    Rows join on run, checkpoint, task and split. Runs without a count keep empty cells.
     """
     if counts.empty or "checkpoint" not in metrics.columns:
         return metrics
     right = _join_keys(counts)
     right["counted_flops_per_example"] = counts["counted_flops_mean"].to_numpy()
     right["counted_flops_unit"] = counts["flops_unit"].to_numpy()
+    right["counted_examples"] = counts["num_examples"].to_numpy() if "num_examples" in counts else float("nan")
     joined = _join_keys(metrics).merge(right, on=list(JOIN_COLUMNS), how="left")
     attached = metrics.copy()
     attached["counted_flops_per_example"] = joined["counted_flops_per_example"].to_numpy()
     attached["counted_flops_unit"] = joined["counted_flops_unit"].to_numpy()
+    attached["counted_examples"] = joined["counted_examples"].to_numpy()
     return attached
 
 
@@ -92,6 +94,7 @@ def _counted_columns(row: pd.Series, full_counted: float) -> dict:
         "counted_flops_per_example": counted,
         "counted_flops_unit": row["counted_flops_unit"] if pd.notna(row["counted_flops_unit"]) else "",
         "counted_ratio_to_full": counted / full_counted,
+        "counted_examples": row["counted_examples"],
     }
 
 

@@ -55,7 +55,8 @@ def test_count_joins_evaluate_row(checkpoints, tmp_path):
     row = joined.iloc[0]
     assert row["flops_unit_count"] == "MACs"
     assert row["num_examples_count"] == 40
-    assert row["form"] == "auto" and row["form_count"] == "gathered"
+    assert row["form"] == "auto"
+    assert row["form_count"] == "gathered"
     assert row["uncounted_ops"] == ""
     # evaluate's analytic cost covers the same seeded subset.
     assert row["analytic_flops_mean"] == pytest.approx(row["macs_per_example"])
@@ -102,10 +103,11 @@ def test_report_shows_counted_figures(checkpoints, tmp_path):
     assert table.loc["full", "counted_ratio_to_full"] == 1.0
     assert table.loc["hashee", "counted_ratio_to_full"] < 1.0
     assert table.loc["hashee", "counted_flops_unit"] == "MACs"
+    assert table.loc["hashee", "counted_examples"] == 30
     assert "counted_flops_per_example" in (tmp_path / "report" / "comparison.md").read_text()
 
 
-def test_minilm_full_equals_hash_with_every_token_at_last_layer(elue_dir, tmp_path):
+def test_minilm_last_layer_hash_costs_full(elue_dir, tmp_path):
     """The packaged MiniLM on SST-2: a one-bucket hash at layer 6 costs the full model; an earlier one costs less."""
     output = tmp_path / "flops.csv"
     common = ["--data-dir", elue_dir, "--limit", "12", "-o", output]

@@ -120,7 +120,7 @@ def test_cost_falls_as_tokens_exit_earlier(tiny_model_dir, minilm_tokenizer):
     assert all(later > earlier for later, earlier in zip(means, means[1:])), means
 
 
-def test_every_token_at_last_layer_costs_the_full_model(tiny_model_dir, minilm_tokenizer):
+def test_last_layer_hash_costs_full_model(tiny_model_dir, minilm_tokenizer):
     encoded = _encoded(minilm_tokenizer)
     model_dir = tiny_model_dir("bert")
     full = count_split(model_target(HashEEModel(_classifier(model_dir))), encoded, 0).counted
