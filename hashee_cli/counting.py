@@ -221,6 +221,7 @@ def count_flops(settings: CountSettings, on_example=None) -> CountResult:
             "counted_flops": counted,
             "analytic_flops": analytic,
             "full_model_flops": full_model,
+            "flops_unit": unit,
         }
     )
     return CountResult(row, examples, counts)

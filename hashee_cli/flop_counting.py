@@ -125,7 +125,7 @@ def model_target(model: HashEEModel | MultiExitModel, form: Form = "auto") -> Co
     layers 1..L-1.
     """
     dims = EncoderDims.from_config(model.config)
-    num_heads = 1 + len(getattr(model, "exit_heads", []))
+    num_classifiers = 1 + len(getattr(model, "exit_heads", []))
     resolved = model.resolve_form(form, training=False) if isinstance(model, HashEEModel) else "dense"
     # The dense and masked forms run every layer on every token, whatever the exit layers are.
     computes_every_token = resolved != "gathered"
@@ -141,7 +141,7 @@ def model_target(model: HashEEModel | MultiExitModel, form: Form = "auto") -> Co
 
     def analytic_other(exit_layers: torch.Tensor) -> torch.Tensor:
         num_tokens = (exit_layers > 0).sum(dim=1).to(torch.float64)  # (B,)
-        return embedding_macs(dims, num_tokens) + num_heads * head_macs(dims)
+        return embedding_macs(dims, num_tokens) + num_classifiers * head_macs(dims)
 
     backbone_layers = model.architecture.layers(model.model)
     layer_modules = [[exit_layer, backbone_layer] for exit_layer, backbone_layer in zip(model.layers, backbone_layers)]

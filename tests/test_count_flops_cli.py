@@ -70,6 +70,7 @@ def test_count_joins_evaluate_row(checkpoints, tmp_path):
     examples = pd.read_csv(tmp_path / "examples.tsv", sep="\t")
     assert len(examples) == 40
     assert examples["counted_flops"].mean() == pytest.approx(row["counted_flops_mean"])
+    assert set(examples["flops_unit"]) == {"MACs"}
 
 
 def test_unit_flops_doubles_macs(checkpoints, tmp_path):
