@@ -9,9 +9,10 @@ For each task and batch size the script takes the same length-sorted test
 batches (as ``hashee evaluate`` forms them) for every model and warms up.
 It then times one pass over the batches per model and repeat, and rotates
 the order of the models in each repeat so that drift in machine load spreads
-evenly. It reports the median time, the speed-up of HashEE over the full
-model next to the ratio of their analytic MACs per example, the speed-up over
-the per-example loop, and the peak memory of one forward pass on the longest batch.
+evenly. It reports the median time and the speed-up of HashEE over the full
+model next to the ratio of their analytic MACs per example. It also reports
+the speed-up over the per-example loop and the peak memory of one forward
+pass on the longest batch.
 
 The backbone is the packaged MiniLM (minilm-l6) with an untrained
 classification head: weights do not change the cost. The hash is a

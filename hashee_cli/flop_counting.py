@@ -99,8 +99,8 @@ class CountingTarget:
     ``analytic_layers`` and ``analytic_other`` map those exit layers to the
     analytic MACs of each layer (B, L) and of the rest, embeddings and heads (B,).
     Layer l's counted cost is the work that runs inside calls of the modules
-    in ``layer_modules[l - 1]``, which must be disjoint subtrees of ``model``;
-    everything else counts as "other".
+    in ``layer_modules[l - 1]``, which must be disjoint subtrees of ``model``.
+    Everything else counts as "other".
     """
 
     model: nn.Module
