@@ -4,6 +4,7 @@
 #   make test                     run the test suite
 #   make reproduce                the paper pipeline, CPU-sized profile
 #   make reproduce PROFILE=gpu    the same pipeline on full data (GPU)
+#   make benchmark                time HashEE against the full model (benchmarks/README.md)
 #
 # Data comes from DATA_DIR (ELUE layout); it defaults to ../shared/data/elue
 # when that folder exists. Results go to OUT.
@@ -22,7 +23,7 @@ TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_S
 	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
 	--seed $(SEED) --overwrite
 
-.PHONY: install test reproduce reproduce-sst2 check-data
+.PHONY: install test reproduce reproduce-sst2 reproduce-sst2-flops benchmark check-data
 
 install:
 	python3 -m venv $(VENV)
@@ -36,7 +37,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2
+reproduce: reproduce-sst2 reproduce-sst2-flops
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -55,3 +56,19 @@ reproduce-sst2: check-data
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq-aggressive --split test -o $(OUT)/sst2/metrics-hashee-freq-aggressive.csv --overwrite
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2
+
+# fvcore counts of the three SST-2 models on a seeded subset of the test split
+# (each example is traced alone), then the comparison again with the counts.
+COUNT_OPTIONS = --split test $(if $(COUNT_LIMIT),--limit $(COUNT_LIMIT)) --seed $(SEED)
+reproduce-sst2-flops: reproduce-sst2
+	$(HASHEE) count-flops $(OUT)/sst2/full $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
+	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq-aggressive $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
+	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2
+
+# Wall-clock speed-up against the FLOPs ratio; writes benchmarks/results.* and
+# the results section of benchmarks/README.md. Not part of reproduce.
+BENCHMARK_OPTIONS ?=
+benchmark: check-data
+	$(PYTHON) benchmarks/speed.py --data-dir $(DATA_DIR) --update-readme $(BENCHMARK_OPTIONS)

@@ -6,3 +6,5 @@ LEARNING_RATE = 1e-4
 SEED = 42
 EXIT_LAYERS = 4,5,6
 AGGRESSIVE_EXIT_LAYERS = 1,2,3,4,5,6
+# count-flops on the whole test split.
+COUNT_LIMIT =
