@@ -22,7 +22,7 @@ TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_S
 	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
 	--seed $(SEED) --overwrite
 
-.PHONY: install test reproduce reproduce-sst2 check-data
+.PHONY: install test reproduce reproduce-sst2 check-data reproduce-learnability
 
 install:
 	python3 -m venv $(VENV)
@@ -36,7 +36,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2
+reproduce: reproduce-sst2 reproduce-learnability
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -55,3 +55,18 @@ reproduce-sst2: check-data
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq-aggressive --split test -o $(OUT)/sst2/metrics-hashee-freq-aggressive.csv --overwrite
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2
+
+# Learnability of instance difficulty on the SNLI difficulty data: probes
+# (bag of words, BiLSTM, fine-tuned MiniLM) against majority and random
+# guesses, over several seeds, for human- and model-defined difficulty.
+DIFFICULTY_DIR ?= $(wildcard ../shared/data/difficulty)
+LEARNABILITY_OPTIONS = --data-dir $(DIFFICULTY_DIR) --seeds $(LEARNABILITY_SEEDS) --epochs $(LEARNABILITY_EPOCHS) \
+	--max-seq-length $(LEARNABILITY_MAX_SEQ_LENGTH) --learning-rate $(LEARNABILITY_LEARNING_RATE) \
+	$(if $(LEARNABILITY_TRAIN_LIMIT),--train-limit $(LEARNABILITY_TRAIN_LIMIT)) \
+	$(if $(LEARNABILITY_TEST_LIMIT),--test-limit $(LEARNABILITY_TEST_LIMIT)) --overwrite
+
+reproduce-learnability:
+	@test -f "$(DIFFICULTY_DIR)/snli_human_difficulty/train.txt" || { echo "Error: set DIFFICULTY_DIR to the folder with snli_human_difficulty/ and snli_model_difficulty/"; exit 1; }
+	@mkdir -p $(OUT)/learnability
+	$(HASHEE) learnability-probe --difficulty human $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/human.csv
+	$(HASHEE) learnability-probe --difficulty model $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/model.csv

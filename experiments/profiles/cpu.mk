@@ -7,3 +7,11 @@ LEARNING_RATE = 1e-4
 SEED = 42
 EXIT_LAYERS = 4,5,6
 AGGRESSIVE_EXIT_LAYERS = 1,2,3,4,5,6
+# Learnability probes: three seeds, one epoch, 1,000 training pairs per seed (a tenth held
+# out for dev), 800 test pairs, 64 tokens (SNLI pairs average 28 MiniLM tokens).
+LEARNABILITY_SEEDS = 1,2,3
+LEARNABILITY_EPOCHS = 1
+LEARNABILITY_MAX_SEQ_LENGTH = 64
+LEARNABILITY_LEARNING_RATE = 1e-4
+LEARNABILITY_TRAIN_LIMIT = 1000
+LEARNABILITY_TEST_LIMIT = 800
