@@ -78,10 +78,10 @@ class ProbeProgress:
             self.progress.remove_task(self.task_id)
             self.task_id = None
 
-    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+    def on_train_start(self, total_steps: int, steps_per_epoch: int, first_step: int = 0) -> None:
         self.steps_per_epoch = steps_per_epoch
         self.task_id = self.progress.add_task(
-            "train", total=total_steps, probe=self.probe, seed=self.seed, epoch=1, epochs=self.epochs, loss=0.0
+            "train", total=total_steps, completed=first_step, probe=self.probe, seed=self.seed, epoch=1, epochs=self.epochs, loss=0.0
         )
 
     def on_step(self, step: int, loss: float, learning_rate: float) -> None:
