@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from hashee_cli import __version__
-from hashee_cli.cli import build_hash, evaluate, finetune, learnability, report
+from hashee_cli.cli import build_hash, evaluate, finetune, report
 from hashee_cli.cli.common import state
+from hashee_cli.cli import learnability
 
 app = typer.Typer(
     name="hashee",
@@ -38,12 +39,12 @@ def main_options(
     state.json = json_output
 
 
+app.command("learnability-probe")(learnability.learnability_probe)
+app.command("build-difficulty-labels")(learnability.build_difficulty_labels)
 app.command("build-hash")(build_hash.build_hash)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
-app.command("learnability-probe")(learnability.learnability_probe)
-app.command("build-difficulty-labels")(learnability.build_difficulty_labels)
 
 
 def _quiet_libraries() -> None:
