@@ -39,12 +39,12 @@ def main_options(
     state.json = json_output
 
 
-app.command("learnability-probe")(learnability.learnability_probe)
-app.command("build-difficulty-labels")(learnability.build_difficulty_labels)
 app.command("build-hash")(build_hash.build_hash)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
+app.command("learnability-probe")(learnability.learnability_probe)
+app.command("build-difficulty-labels")(learnability.build_difficulty_labels)
 
 
 def _quiet_libraries() -> None:
