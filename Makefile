@@ -72,3 +72,21 @@ reproduce-sst2-flops: reproduce-sst2
 BENCHMARK_OPTIONS ?=
 benchmark: check-data
 	$(PYTHON) benchmarks/speed.py --data-dir $(DATA_DIR) --update-readme $(BENCHMARK_OPTIONS)
+
+# Learnability of instance difficulty on the SNLI difficulty data: probes
+# (bag of words, BiLSTM, fine-tuned MiniLM) against majority and random
+# guesses, over several seeds, for human- and model-defined difficulty.
+DIFFICULTY_DIR ?= $(wildcard ../shared/data/difficulty)
+LEARNABILITY_OPTIONS = --data-dir $(DIFFICULTY_DIR) --seeds $(LEARNABILITY_SEEDS) --epochs $(LEARNABILITY_EPOCHS) \
+	--max-seq-length $(LEARNABILITY_MAX_SEQ_LENGTH) --learning-rate $(LEARNABILITY_LEARNING_RATE) \
+	$(if $(LEARNABILITY_TRAIN_LIMIT),--train-limit $(LEARNABILITY_TRAIN_LIMIT)) \
+	$(if $(LEARNABILITY_TEST_LIMIT),--test-limit $(LEARNABILITY_TEST_LIMIT)) --overwrite
+
+.PHONY: reproduce-learnability
+reproduce: reproduce-learnability
+
+reproduce-learnability:
+	@test -f "$(DIFFICULTY_DIR)/snli_human_difficulty/train.txt" || { echo "Error: set DIFFICULTY_DIR to the folder with snli_human_difficulty/ and snli_model_difficulty/"; exit 1; }
+	@mkdir -p $(OUT)/learnability
+	$(HASHEE) learnability-probe --difficulty human $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/human.csv
+	$(HASHEE) learnability-probe --difficulty model $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/model.csv

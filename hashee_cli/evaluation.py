@@ -107,9 +107,11 @@ def predict(
 
 
 def predicted_values(task: TaskSpec, logits: np.ndarray) -> np.ndarray:
-    """Return class ids (argmax over classes) or the regression outputs."""
+    """Return class ids (argmax over classes), 0/1 per label (multi-label) or the regression outputs."""
     if task.problem_type == "regression":
         return logits.reshape(-1)
+    if task.problem_type == "multi_label":
+        return (logits > 0).astype(np.int64)
     return logits.argmax(axis=-1)
 
 

@@ -45,11 +45,11 @@ class EncodedSplit:
 
 
 def label_tensor(split: Split, task: TaskSpec) -> torch.Tensor | None:
-    """Map label strings to class ids (int64), or regression targets to float32."""
+    """Map label strings to class ids (int64), or regression targets and 0/1 label matrices to float32."""
     if split.labels is None:
         return None
-    if task.problem_type == "regression":
-        return torch.tensor(split.labels, dtype=torch.float32)
+    if task.problem_type in ("regression", "multi_label"):
+        return torch.tensor(np.asarray(split.labels, dtype=np.float32))
     index = {label: position for position, label in enumerate(task.labels)}
     ids = []
     for row, label in enumerate(split.labels):

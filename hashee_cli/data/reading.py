@@ -126,6 +126,12 @@ def _read_local(path: Path) -> tuple[pd.DataFrame, int, str]:
     raise DataError(f"data file {path} has an unsupported suffix {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
+def read_columns(path: str | Path) -> list[str]:
+    """Return the column names of a local data file, with the same checks as ``load_split``."""
+    frame, _, _ = _read_local(Path(path).expanduser())
+    return [str(column).strip() for column in frame.columns]
+
+
 def _read_json_lines(path: Path) -> pd.DataFrame:
     records = []
     with open(path, encoding="utf-8-sig") as handle:

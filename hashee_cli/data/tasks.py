@@ -14,7 +14,8 @@ from typing import Literal
 
 from hashee_cli.errors import HasheeError
 
-ProblemType = Literal["classification", "regression"]
+# "multi_label" predicts one 0/1 per label name (independent sigmoid outputs).
+ProblemType = Literal["classification", "regression", "multi_label"]
 
 # ELUE file names for each split; "test_full.tsv" is ELUE's labelled test split.
 ELUE_SPLIT_FILES: dict[str, tuple[str, ...]] = {

@@ -149,7 +149,8 @@ def load_backbone_for_task(model_name: str, task: TaskSpec, num_layers: int | No
     if task.problem_type == "regression":
         config_kwargs["problem_type"] = "regression"
     else:
-        config_kwargs["problem_type"] = "single_label_classification"
+        single = task.problem_type == "classification"
+        config_kwargs["problem_type"] = "single_label_classification" if single else "multi_label_classification"
         config_kwargs["id2label"] = dict(enumerate(task.labels))
         config_kwargs["label2id"] = {label: index for index, label in enumerate(task.labels)}
 
