@@ -4,6 +4,7 @@
 #   make test                     run the test suite
 #   make reproduce                the paper pipeline, CPU-sized profile
 #   make reproduce PROFILE=gpu    the same pipeline on full data (GPU)
+#   make benchmark                time HashEE against the full model (benchmarks/README.md)
 #
 # Data comes from DATA_DIR (ELUE layout); it defaults to ../shared/data/elue
 # when that folder exists. Results go to OUT.
@@ -22,7 +23,7 @@ TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_S
 	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
 	--seed $(SEED) --overwrite
 
-.PHONY: install test reproduce reproduce-sst2 check-data reproduce-dialogsum check-summarization-data
+.PHONY: install test reproduce reproduce-sst2 reproduce-sst2-flops benchmark check-data
 
 install:
 	python3 -m venv $(VENV)
@@ -36,7 +37,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2 reproduce-dialogsum
+reproduce: reproduce-sst2 reproduce-sst2-flops reproduce-learnability reproduce-dialogsum
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -56,10 +57,43 @@ reproduce-sst2: check-data
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2
 
+# fvcore counts of the three SST-2 models on a seeded subset of the test split
+# (each example is traced alone), then the comparison again with the counts.
+COUNT_OPTIONS = --split test $(if $(COUNT_LIMIT),--limit $(COUNT_LIMIT)) --seed $(SEED)
+reproduce-sst2-flops: reproduce-sst2
+	$(HASHEE) count-flops $(OUT)/sst2/full $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
+	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq-aggressive $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
+	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2
+
+# Wall-clock speed-up against the FLOPs ratio; writes benchmarks/results.* and
+# the results section of benchmarks/README.md. Not part of reproduce.
+BENCHMARK_OPTIONS ?=
+benchmark: check-data
+	$(PYTHON) benchmarks/speed.py --data-dir $(DATA_DIR) --update-readme $(BENCHMARK_OPTIONS)
+
+# Learnability of instance difficulty on the SNLI difficulty data: probes
+# (bag of words, BiLSTM, fine-tuned MiniLM) against majority and random
+# guesses, over several seeds, for human- and model-defined difficulty.
+DIFFICULTY_DIR ?= $(wildcard ../shared/data/difficulty)
+LEARNABILITY_OPTIONS = --data-dir $(DIFFICULTY_DIR) --seeds $(LEARNABILITY_SEEDS) --epochs $(LEARNABILITY_EPOCHS) \
+	--max-seq-length $(LEARNABILITY_MAX_SEQ_LENGTH) --learning-rate $(LEARNABILITY_LEARNING_RATE) \
+	$(if $(LEARNABILITY_TRAIN_LIMIT),--train-limit $(LEARNABILITY_TRAIN_LIMIT)) \
+	$(if $(LEARNABILITY_TEST_LIMIT),--test-limit $(LEARNABILITY_TEST_LIMIT)) --overwrite
+
+.PHONY: reproduce-learnability
+reproduce-learnability:
+	@test -f "$(DIFFICULTY_DIR)/snli_human_difficulty/train.txt" || { echo "Error: set DIFFICULTY_DIR to the folder with snli_human_difficulty/ and snli_model_difficulty/"; exit 1; }
+	@mkdir -p $(OUT)/learnability
+	$(HASHEE) learnability-probe --difficulty human $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/human.csv
+	$(HASHEE) learnability-probe --difficulty model $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/model.csv
+
 # DialogSum summarisation: bert2bert warm-started from MiniLM, a frequency hash
 # counted over dialogues and summaries, the full model and HashEE trained on the
 # same budget, greedy summaries of the test split scored with ROUGE against its
 # three references, and one comparison table (ROUGE, exit layers, MACs).
+.PHONY: reproduce-dialogsum check-summarization-data
 SUMMARIZATION_DIR ?= $(wildcard ../shared/data/summarization)
 SUMM_OUT = $(OUT)/dialogsum
 SUMM_LENGTHS = --max-seq-length $(SUMM_MAX_SOURCE_LENGTH) --max-target-length $(SUMM_MAX_TARGET_LENGTH)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from hashee_cli import atomic
 from hashee_cli.cli.common import emit_json, handle_errors, info, print_table, state
-from hashee_cli.report import comparison_table, read_metrics, to_markdown
+from hashee_cli.report import attach_flop_counts, comparison_table, is_flop_count_csv, read_flop_counts, read_metrics, to_markdown
 
 
 def render(table: pd.DataFrame) -> Table:
@@ -25,13 +25,18 @@ def render(table: pd.DataFrame) -> Table:
 
 @handle_errors
 def report(
-    metrics: Annotated[list[Path], typer.Argument(help="Metrics CSVs written by `hashee evaluate`.")],
+    metrics: Annotated[
+        list[Path],
+        typer.Argument(help="Metrics CSVs written by `hashee evaluate`, and FLOPs CSVs written by `hashee count-flops`."),
+    ],
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", help="Write comparison.csv and comparison.md here.")
     ] = None,
 ) -> None:
     """Compare runs: scores, difference to the full model, mean exit layer and measured speed."""
-    table = comparison_table(read_metrics(metrics))
+    counts = [path for path in metrics if is_flop_count_csv(path)]
+    metrics_rows = read_metrics([path for path in metrics if path not in counts])
+    table = comparison_table(attach_flop_counts(metrics_rows, read_flop_counts(counts)))
     if output_dir is not None:
         atomic.write_csv(output_dir / "comparison.csv", table)
         atomic.write_text(output_dir / "comparison.md", to_markdown(table))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from hashee_cli.backbones import load_tokenizer
 from hashee_cli.checkpoint import build_assigner, save_checkpoint
-from hashee_cli.devices import resolve_device
+from hashee_cli.devices import resolve_device, resolve_precision
 from hashee_cli.errors import HasheeError
 from hashee_cli.finetuning import FinetuneResult, FinetuneSettings
 from hashee_cli.hashing.table import load_hash_table
@@ -22,6 +23,16 @@ from hashee_cli.seq2seq.training import train_summarizer
 from hashee_cli.training import TrainingCallback, seed_everything
 
 SUMMARIZATION_METHODS = ("hashee", "full")
+
+
+def _check_single_process(settings: FinetuneSettings) -> None:
+    # NOTE: summarisation trains in one process at full precision without resumable checkpoints.
+    if settings.resume or settings.save_steps:
+        raise HasheeError("summarisation fine-tuning keeps no resumable checkpoints; drop --resume and --save-steps")
+    if settings.precision != "fp32":
+        raise HasheeError(f"summarisation fine-tuning runs in fp32 only; drop --{settings.precision}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise HasheeError("summarisation fine-tuning runs in one process; start it without torchrun")
 
 
 def finetune_summarizer(settings: FinetuneSettings, callback: TrainingCallback | None = None) -> FinetuneResult:
@@ -41,6 +52,7 @@ def finetune_summarizer(settings: FinetuneSettings, callback: TrainingCallback |
         raise HasheeError("--method full uses no hash table; drop --hash-table or use --method hashee")
     if settings.method == "hashee" and not settings.hash_table:
         raise HasheeError("--method hashee needs --hash-table (build one with `hashee build-hash`), or use --method full")
+    _check_single_process(settings)
     table = load_hash_table(settings.hash_table) if settings.hash_table else None
     device = resolve_device(settings.device)
 
@@ -98,5 +110,13 @@ def finetune_summarizer(settings: FinetuneSettings, callback: TrainingCallback |
     )
     num_truncated = train_encoded.num_truncated_documents + dev_encoded.num_truncated_documents
     return FinetuneResult(
-        output_dir, result, len(train_encoded), len(dev_encoded), num_truncated, time.perf_counter() - start_time
+        output_dir,
+        result,
+        len(train_encoded),
+        len(dev_encoded),
+        num_truncated,
+        time.perf_counter() - start_time,
+        resolve_precision("fp32", device),
+        processes=1,
+        is_main=True,
     )
