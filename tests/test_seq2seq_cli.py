@@ -248,3 +248,70 @@ def test_pretrained_encoder_decoder_directories(family, minilm_tokenizer, data_d
     assert row["num_layers"] == 2
     assert row["mean_exit_layer_encoder"] < 2.0
     assert json.loads((tmp_path / "run" / "hashee_config.json").read_text())["architecture"] == family
+
+
+def test_empty_summary_stops_evaluate(runs, tmp_path):
+    test_file = write_tsv(tmp_path / "test.tsv", ["document", "summary"], [["#Person1#: Hi.", "They greet."], ["#Person1#: Bye.", " "]])
+    metrics, predictions = tmp_path / "metrics.csv", tmp_path / "generated.tsv"
+    result = invoke("evaluate", runs / "hashee", "--test-file", test_file, "-o", metrics, "--predictions", predictions)
+    assert result.exit_code == 1
+    assert f"{test_file} line 3" in _error_line(result)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["test.tsv"]
+
+
+def test_summarization_finetune_refuses_resume(tiny_bert, data_dir, tmp_path):
+    result = invoke(
+        "finetune", "--task", "DialogSum", "--model", tiny_bert, "--data-dir", data_dir, "--method", "full", *TRAINING,
+        "--resume", "-o", tmp_path / "run",
+    )
+    assert result.exit_code == 1
+    assert "keeps no resumable checkpoints" in _error_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_count_flops_of_generation(runs, tmp_path):
+    flops = tmp_path / "flops.csv"
+    for name in ("full", "hashee"):
+        examples = tmp_path / f"examples-{name}.tsv"
+        result = invoke("count-flops", runs / name, "--split", "test", "--limit", "3", "-o", flops, "--examples", examples)
+        assert result.exit_code == 0, result.output
+        assert "decoder per generated token" in result.output
+    rows = pd.read_csv(flops).set_index("run")
+    assert list(rows["flops_unit"]) == ["MACs", "MACs"]
+    assert list(rows["num_examples"]) == [3, 3]
+    # Without LayerNorm, fvcore's products are what the analytic model counts, for both stacks.
+    assert rows["counted_vs_analytic"].abs().max() < 1e-9
+    full, hashee = rows.loc["full"], rows.loc["hashee"]
+    assert full["counted_ratio_to_full"] == pytest.approx(1.0)
+    assert hashee["counted_encoder_flops_mean"] < full["counted_encoder_flops_mean"]
+    assert hashee["counted_ratio_to_full"] < 1.0
+    per_example = pd.read_csv(examples, sep="\t")
+    assert (per_example["counted_flops"] == per_example["counted_encoder_flops"] + per_example["counted_decoder_flops"]).all()
+    assert hashee["counted_flops_per_generated_token"] == pytest.approx(
+        per_example["counted_decoder_flops"].sum() / per_example["generated_tokens"].sum()
+    )
+
+    # The same count in FLOPs doubles every figure.
+    result = invoke("count-flops", runs / "hashee", "--split", "test", "--limit", "3", "--unit", "flops", "-o", tmp_path / "doubled.csv")
+    assert result.exit_code == 0, result.output
+    doubled = pd.read_csv(tmp_path / "doubled.csv").iloc[0]
+    assert doubled["flops_unit"] == "FLOPs"
+    assert doubled["counted_flops_per_generated_token"] == pytest.approx(2 * hashee["counted_flops_per_generated_token"])
+
+    metrics = tmp_path / "metrics.csv"
+    result = invoke("evaluate", runs / "hashee", "--split", "test", "--limit", "3", "-o", metrics)
+    assert result.exit_code == 0, result.output
+    result = invoke("report", metrics, flops, "-o", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "report" / "comparison.csv").iloc[0]
+    assert table["counted_flops_per_example"] == pytest.approx(hashee["counted_flops_mean"])
+
+
+def test_count_flops_rejects_form_and_bare_summarization(runs, data_dir, tmp_path):
+    result = invoke("count-flops", runs / "hashee", "--form", "masked", "-o", tmp_path / "flops.csv")
+    assert result.exit_code == 1
+    assert "does not apply to summarisation checkpoints" in _error_line(result)
+    result = invoke("count-flops", "--task", "DialogSum", "--data-dir", data_dir, "--method", "full", "-o", tmp_path / "flops.csv")
+    assert result.exit_code == 1
+    assert "counts summarisation on a checkpoint" in _error_line(result)
+    assert list(tmp_path.iterdir()) == []

@@ -232,17 +232,21 @@ def finetune(
         ),
     )
 
+    summarization = settings.data.task_spec().problem_type == "summarization"
     if is_main:
         info(f"Fine-tuning {model} ({resolved_method}) on {task} -> {output_dir}")
         note = resolve_precision(settings.precision, resolve_device(device)).note
         if note:
             info(f"Note: {note}.")
-        every = f"every {save_steps} steps and " if save_steps else ""
-        info(f"Checkpoints: {settings.checkpoint_path} ({every}each epoch; keeping the last {save_total_limit})")
+        if not summarization:
+            every = f"every {save_steps} steps and " if save_steps else ""
+            info(f"Checkpoints: {settings.checkpoint_path} ({every}each epoch; keeping the last {save_total_limit})")
 
     stop = StopRequest()
     try:
-        with stop_on_signals(stop, announce=is_main and not state.json):
+        # Summarisation keeps no resumable checkpoints, so Ctrl-C stops it at once instead of after a step.
+        handling = contextlib.nullcontext() if summarization else stop_on_signals(stop, announce=is_main and not state.json)
+        with handling:
             if is_main:
                 with RichTrainingProgress(epochs) as progress:
                     outcome = run_finetune(settings, progress, stop)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from math import prod
 
 import torch
@@ -32,6 +33,7 @@ from fvcore.nn.jit_handles import (
 )
 from torch import nn
 
+from hashee_cli.flop_counting import ZERO_COST_OPS
 from hashee_cli.seq2seq.generation import DecoderStepper, GenerationSettings, _logits_processors
 from hashee_cli.seq2seq.model import HashEESeq2SeqModel
 
@@ -72,7 +74,7 @@ _MATRIX_HANDLES = {
 }
 
 
-def _count(module: _Call, inputs: tuple[torch.Tensor, ...], include_norms: bool) -> int:
+def _count(module: _Call, inputs: tuple[torch.Tensor, ...], include_norms: bool, uncounted: Counter) -> int:
     analysis = FlopCountAnalysis(module, inputs)
     # NOTE: in fvcore 0.1.5, set_op_handle(name, None) marks an op as ignored but keeps counting it
     # when a default handle exists, so the handles are replaced as a whole.
@@ -81,7 +83,10 @@ def _count(module: _Call, inputs: tuple[torch.Tensor, ...], include_norms: bool)
         handles["aten::layer_norm"] = norm_flop_counter(2)
     analysis.clear_op_handles().set_op_handle(**handles)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    return int(analysis.total())
+    total = int(analysis.total())
+    # Element-wise work is free in the analytic model too, so only other operators left out are reported.
+    uncounted.update(op for op in analysis.unsupported_ops() if op not in ZERO_COST_OPS)
+    return total
 
 
 @dataclass
@@ -92,6 +97,7 @@ class FvcoreCount:
     decoder_macs: int
     generated_tokens: int
     sequence: torch.Tensor
+    uncounted_ops: Counter = field(default_factory=Counter)
 
 
 def count_generation_macs(
@@ -134,7 +140,8 @@ def count_generation_macs(
                 return (logits, *written), logits
 
             encoder = _Call(model, encode)
-            encoder_macs = _count(encoder, (input_ids, attention_mask), include_norms)
+            uncounted: Counter = Counter()
+            encoder_macs = _count(encoder, (input_ids, attention_mask), include_norms, uncounted)
             # The first step also projects the source's cross-attention keys and values at every layer.
             stepper = DecoderStepper(model, encoder.result, use_cache=True, form="auto")
             step = _Call(model, decode_step)
@@ -143,7 +150,7 @@ def count_generation_macs(
             live = torch.ones(1, dtype=torch.bool, device=input_ids.device)
             decoder_macs = 0
             for _ in range(settings.max_new_tokens):
-                decoder_macs += _count(step, (sequence, live), include_norms)
+                decoder_macs += _count(step, (sequence, live), include_norms, uncounted)
                 logits = step.result
                 next_token = processors(sequence, logits).argmax(dim=-1, keepdim=True)  # (1, 1)
                 sequence = torch.cat([sequence, next_token], dim=1)
@@ -151,4 +158,4 @@ def count_generation_macs(
                     break
     finally:
         quiet.setLevel(previous_level)
-    return FvcoreCount(encoder_macs, decoder_macs, sequence.shape[1] - 1, sequence)
+    return FvcoreCount(encoder_macs, decoder_macs, sequence.shape[1] - 1, sequence, uncounted)
