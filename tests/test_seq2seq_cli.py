@@ -259,7 +259,7 @@ def test_empty_summary_stops_evaluate(runs, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["test.tsv"]
 
 
-def test_summarization_finetune_refuses_resume(tiny_bert, data_dir, tmp_path):
+def test_summarization_finetune_rejects_resume(tiny_bert, data_dir, tmp_path):
     result = invoke(
         "finetune", "--task", "DialogSum", "--model", tiny_bert, "--data-dir", data_dir, "--method", "full", *TRAINING,
         "--resume", "-o", tmp_path / "run",
