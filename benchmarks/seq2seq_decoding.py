@@ -6,8 +6,10 @@ DialogSum test dialogues. Every example decodes exactly --new-tokens tokens
 steps. Runs alternate (full, HashEE, full, ...) and the median time of each
 side is kept, so that load on a shared machine hits both alike.
 
-    python benchmarks/seq2seq_decoding.py --checkpoint runs/reproduce-cpu/dialogsum/hashee-freq
     python benchmarks/seq2seq_decoding.py            # bert2bert warm-started from MiniLM, a fresh frequency hash
+    python benchmarks/seq2seq_decoding.py --checkpoint runs/reproduce-cpu/dialogsum/hashee-freq
+
+Both write benchmarks/seq2seq_results.csv and benchmarks/seq2seq_results.md.
 
 The analytic MACs follow ``hashee_cli.seq2seq.flops`` (one MAC is one
 multiply-add, fvcore's "flop").
@@ -16,14 +18,17 @@ multiply-add, fvcore's "flop").
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+import pandas as pd
 from transformers.utils import logging as transformers_logging
 
+from hashee_cli import atomic
 from hashee_cli.backbones import load_tokenizer
 from hashee_cli.checkpoint import build_assigner
 from hashee_cli.data.encoding import evaluation_batches
@@ -37,7 +42,8 @@ from hashee_cli.seq2seq.fvcore_count import count_generation_macs
 from hashee_cli.seq2seq.generation import DecoderStepper, GenerationSettings, generate
 from hashee_cli.seq2seq.model import HashEESeq2SeqModel
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "summarization"
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "summarization"
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,7 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="Timed runs per side (median kept)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--fvcore-examples", type=int, default=2, help="Examples counted with fvcore as a cross-check (0: none)")
-    parser.add_argument("--output", type=Path, help="Also write the markdown table here")
+    parser.add_argument("--csv", type=Path, default=HERE / "seq2seq_results.csv", help="Results CSV, one row per model")
+    parser.add_argument("--output", type=Path, default=HERE / "seq2seq_results.md", help="Markdown table")
     return parser.parse_args()
 
 
@@ -138,6 +145,7 @@ def main() -> None:
         for indices in evaluation_batches(encoded.lengths, args.batch_size)
     ]
 
+    load_before = os.getloadavg()
     decode_fixed(full_model, batches[:1], 2, costs)  # warm-up: first calls allocate
     decode_fixed(hashee_model, batches[:1], 2, costs)
     times = {"full": [], "hashee": []}
@@ -148,28 +156,61 @@ def main() -> None:
             times[name].append(seconds)
             macs[name] = (total, decoder)
 
+    load_after = os.getloadavg()
     tokens = len(encoded) * args.new_tokens
     full_seconds, hashee_seconds = statistics.median(times["full"]), statistics.median(times["hashee"])
+    records = []
+    for name, seconds in (("full", full_seconds), ("hashee", hashee_seconds)):
+        total, decoder = macs[name]
+        records.append(
+            {
+                "model": name,
+                "checkpoint": str(args.checkpoint or ""),
+                "batch_size": args.batch_size,
+                "examples": len(encoded),
+                "new_tokens": args.new_tokens,
+                "max_source_length": args.max_source_length,
+                "repeats": args.repeats,
+                "seconds_median": seconds,
+                "tokens_per_second": tokens / seconds,
+                "speedup": full_seconds / seconds,
+                "macs_per_example": total / len(encoded),
+                # Ratios are full / this model, as the speed-up is, so that the two compare directly.
+                "macs_ratio": macs["full"][0] / total,
+                "speedup_over_macs_ratio": (full_seconds / seconds) / (macs["full"][0] / total),
+                "decoder_macs_per_token": decoder / tokens,
+                "decoder_macs_ratio": macs["full"][1] / decoder,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "load_before": " ".join(f"{value:.1f}" for value in load_before),
+                "load_after": " ".join(f"{value:.1f}" for value in load_after),
+                "torch": torch.__version__,
+            }
+        )
+    atomic.write_csv(args.csv, pd.DataFrame(records))
+
     lines = [
         f"Greedy decoding, batch {args.batch_size}, {len(encoded)} DialogSum test dialogues (at most "
         f"{args.max_source_length} tokens), {args.new_tokens} tokens each, median of {args.repeats} alternating runs; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}.",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}); load average (1, 5, 15 min) before "
+        f"{records[0]['load_before']}, after {records[0]['load_after']}.",
         "",
-        "| model | tokens/s | speed-up | MACs per example | MACs ratio | decoder MACs per token | decoder MACs ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | tokens/s | speed-up | MACs per example | MACs ratio | speed-up / MACs ratio "
+        "| decoder MACs per token | decoder MACs ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, seconds in (("full", full_seconds), ("hashee", hashee_seconds)):
-        total, decoder = macs[name]
+    for record in records:
         lines.append(
-            f"| {name} | {tokens / seconds:.1f} | {full_seconds / seconds:.2f} | {total / len(encoded) / 1e6:.1f} M | "
-            f"{total / macs['full'][0]:.3f} | {decoder / tokens / 1e6:.2f} M | {decoder / macs['full'][1]:.3f} |"
+            f"| {record['model']} | {record['tokens_per_second']:.1f} | {record['speedup']:.2f} | "
+            f"{record['macs_per_example'] / 1e6:.1f} M | {record['macs_ratio']:.3f} | {record['speedup_over_macs_ratio']:.2f} | "
+            f"{record['decoder_macs_per_token'] / 1e6:.2f} M | {record['decoder_macs_ratio']:.3f} |"
         )
     if args.fvcore_examples:
         lines += ["", *fvcore_cross_check(full_model, hashee_model, batches, args)]
     table = "\n".join(lines) + "\n"
     print(table)
-    if args.output:
-        args.output.write_text(table, encoding="utf-8")
+    atomic.write_text(args.output, table)
 
 
 if __name__ == "__main__":
