@@ -174,6 +174,7 @@ def finetune(
         from hashee_cli.seq2seq.finetuning import finetune_summarizer
 
         return finetune_summarizer(settings, callback)
+
     start = time.perf_counter()
     output_dir = Path(settings.output_dir)
     if output_dir.exists() and not settings.overwrite:
