@@ -37,7 +37,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2 reproduce-sst2-flops
+reproduce: reproduce-sst2 reproduce-sst2-flops reproduce-learnability reproduce-dialogsum
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -83,10 +83,38 @@ LEARNABILITY_OPTIONS = --data-dir $(DIFFICULTY_DIR) --seeds $(LEARNABILITY_SEEDS
 	$(if $(LEARNABILITY_TEST_LIMIT),--test-limit $(LEARNABILITY_TEST_LIMIT)) --overwrite
 
 .PHONY: reproduce-learnability
-reproduce: reproduce-learnability
-
 reproduce-learnability:
 	@test -f "$(DIFFICULTY_DIR)/snli_human_difficulty/train.txt" || { echo "Error: set DIFFICULTY_DIR to the folder with snli_human_difficulty/ and snli_model_difficulty/"; exit 1; }
 	@mkdir -p $(OUT)/learnability
 	$(HASHEE) learnability-probe --difficulty human $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/human.csv
 	$(HASHEE) learnability-probe --difficulty model $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/model.csv
+
+# DialogSum summarisation: bert2bert warm-started from MiniLM, a frequency hash
+# counted over dialogues and summaries, the full model and HashEE trained on the
+# same budget, greedy summaries of the test split scored with ROUGE against its
+# three references, and one comparison table (ROUGE, exit layers, MACs).
+.PHONY: reproduce-dialogsum check-summarization-data
+SUMMARIZATION_DIR ?= $(wildcard ../shared/data/summarization)
+SUMM_OUT = $(OUT)/dialogsum
+SUMM_LENGTHS = --max-seq-length $(SUMM_MAX_SOURCE_LENGTH) --max-target-length $(SUMM_MAX_TARGET_LENGTH)
+SUMM_TRAIN_OPTIONS = --task DialogSum --data-dir $(SUMMARIZATION_DIR) $(SUMM_LENGTHS) --epochs $(SUMM_EPOCHS) \
+	--batch-size $(SUMM_BATCH_SIZE) --eval-batch-size $(SUMM_EVAL_BATCH_SIZE) --learning-rate $(SUMM_LEARNING_RATE) \
+	$(if $(SUMM_TRAIN_LIMIT),--train-limit $(SUMM_TRAIN_LIMIT)) $(if $(SUMM_DEV_LIMIT),--dev-limit $(SUMM_DEV_LIMIT)) \
+	--seed $(SEED) --overwrite
+SUMM_EVAL_OPTIONS = --split test --num-beams $(SUMM_NUM_BEAMS) --batch-size $(SUMM_EVAL_BATCH_SIZE) \
+	$(if $(SUMM_TEST_LIMIT),--limit $(SUMM_TEST_LIMIT)) --seed $(SEED) --overwrite
+
+check-summarization-data:
+	@test -f "$(SUMMARIZATION_DIR)/DialogSum/train.tsv" || { echo "Error: $(SUMMARIZATION_DIR)/DialogSum/train.tsv not found; set SUMMARIZATION_DIR to a folder with DialogSum/{train,dev,test_allrefs}.tsv"; exit 1; }
+
+reproduce-dialogsum: check-summarization-data
+	@mkdir -p $(SUMM_OUT)
+	$(HASHEE) build-hash --task DialogSum --method freq --data-dir $(SUMMARIZATION_DIR) $(SUMM_LENGTHS) \
+		--exit-layers $(SUMM_EXIT_LAYERS) -o $(SUMM_OUT)/hash-freq.json --overwrite
+	$(HASHEE) finetune --method full $(SUMM_TRAIN_OPTIONS) -o $(SUMM_OUT)/full
+	$(HASHEE) finetune --hash-table $(SUMM_OUT)/hash-freq.json $(SUMM_TRAIN_OPTIONS) -o $(SUMM_OUT)/hashee-freq
+	$(HASHEE) evaluate $(SUMM_OUT)/full $(SUMM_EVAL_OPTIONS) -o $(SUMM_OUT)/metrics-full.csv \
+		--predictions $(SUMM_OUT)/generations-full.tsv
+	$(HASHEE) evaluate $(SUMM_OUT)/hashee-freq $(SUMM_EVAL_OPTIONS) -o $(SUMM_OUT)/metrics-hashee-freq.csv \
+		--predictions $(SUMM_OUT)/generations-hashee-freq.tsv
+	$(HASHEE) report $(SUMM_OUT)/metrics-full.csv $(SUMM_OUT)/metrics-hashee-freq.csv -o $(SUMM_OUT)

@@ -31,6 +31,8 @@ from hashee_cli.flop_counting import FlopCounts, count_split, model_target
 from hashee_cli.hashing.table import HashTable, load_hash_table
 from hashee_cli.modeling.model import HashEEModel, load_backbone_for_task
 from hashee_cli.modeling.multi_exit import MultiExitModel
+from hashee_cli.seq2seq.checkpoint import is_summarization_checkpoint
+from hashee_cli.seq2seq.counting import count_summarizer
 
 METHODS = ("hashee", "full", "multi-exit")
 FORMS = ("auto", "gathered", "masked", "dense")
@@ -77,11 +79,14 @@ class LoadedModel:
 
 @dataclass
 class CountResult:
-    """The CSV row of a count, the per-example figures (in the row's unit) and the raw counts in MACs."""
+    """The CSV row of a count, the per-example figures (in the row's unit) and the raw counts in MACs.
+
+    ``counts`` is None for summarisation, whose raw counts are the per-example figures.
+    """
 
     row: dict
     examples: pd.DataFrame
-    counts: FlopCounts
+    counts: FlopCounts | None
 
 
 def _describe(table: HashTable | None, model: nn.Module, method: str, model_name: str) -> dict:
@@ -94,7 +99,7 @@ def _describe(table: HashTable | None, model: nn.Module, method: str, model_name
     }
 
 
-def _load_from_checkpoint(settings: CountSettings, device) -> LoadedModel:
+def _check_checkpoint_options(settings: CountSettings) -> None:
     options = {
         "--model": settings.model,
         "--method": settings.method,
@@ -109,6 +114,10 @@ def _load_from_checkpoint(settings: CountSettings, device) -> LoadedModel:
             f"a checkpoint fixes its model, method, task and run name; drop {', '.join(conflicting)} "
             "or count a backbone without the checkpoint argument"
         )
+
+
+def _load_from_checkpoint(settings: CountSettings, device) -> LoadedModel:
+    _check_checkpoint_options(settings)
     checkpoint = load_checkpoint(settings.checkpoint, device)
     data = DataConfig.from_dict({**checkpoint.settings.get("data", {}), **settings.data_options})
     columns = {
@@ -171,6 +180,12 @@ def _uncounted_text(counts: FlopCounts) -> str:
 def count_flops(settings: CountSettings, on_example=None) -> CountResult:
     """Count the cost of every example of a split, with fvcore and with the analytic model."""
     unit, scale = _check_options(settings)
+    if settings.checkpoint is not None and is_summarization_checkpoint(settings.checkpoint):
+        _check_checkpoint_options(settings)
+        return count_summarizer(settings, unit, scale, on_example)
+    if settings.checkpoint is None and DataConfig.from_dict(settings.data_options).task_spec().problem_type == "summarization":
+        # NOTE: summarisation is counted on checkpoints only, because a bare backbone has no generation settings.
+        raise HasheeError("count-flops counts summarisation on a checkpoint; fine-tune one with `hashee finetune` and pass it")
     device = resolve_device(settings.device)
     if settings.checkpoint is not None:
         loaded = _load_from_checkpoint(settings, device)

@@ -170,6 +170,11 @@ def finetune(
     Under torchrun every process runs this; only process 0 writes files.
     ``stop`` lets a signal handler end training cleanly after the current step.
     """
+    if settings.data.task_spec().problem_type == "summarization":
+        from hashee_cli.seq2seq.finetuning import finetune_summarizer
+
+        return finetune_summarizer(settings, callback)
+
     start = time.perf_counter()
     output_dir = Path(settings.output_dir)
     if output_dir.exists() and not settings.overwrite:

@@ -10,6 +10,9 @@ import pandas as pd
 from hashee_cli.errors import HasheeError
 
 REQUIRED_COLUMNS = ("run", "task", "method", "split", "score", "main_metric")
+METRIC_COLUMNS = ("accuracy", "f1", "f1_macro", "pearson", "spearman", "rouge1", "rouge2", "rougeL")
+# Columns that only some runs have (summarisation: both stacks and the cost per generated token).
+OPTIONAL_COLUMNS = ("mean_exit_layer_encoder", "mean_exit_layer_decoder", "macs_per_generated_token", "tokens_per_second")
 # Columns that `hashee count-flops` writes and that join its rows to metrics rows.
 FLOP_COUNT_COLUMNS = ("run", "checkpoint", "task", "split", "flops_unit", "counted_flops_mean")
 JOIN_COLUMNS = ("run", "checkpoint", "task", "split")
@@ -115,7 +118,8 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
         full_macs = full["macs_per_example"].iloc[-1] if len(full) and "macs_per_example" in full else float("nan")
         full_counted = full["counted_flops_per_example"].iloc[-1] if len(full) and "counted_flops_per_example" in full else float("nan")
         for _, row in group.iterrows():
-            metric_names = [name for name in ("accuracy", "f1", "f1_macro", "pearson", "spearman") if name in row and pd.notna(row[name])]
+            metric_names = [name for name in METRIC_COLUMNS if name in row and pd.notna(row[name])]
+            optional = [name for name in OPTIONAL_COLUMNS if name in row and pd.notna(row[name])]
             rows.append(
                 {
                     "task": task,
@@ -133,6 +137,7 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
                     "num_layers": row.get("num_layers", float("nan")),
                     "examples_per_second": row.get("examples_per_second", float("nan")),
                     "speedup_vs_full": row.get("examples_per_second", float("nan")) / full_speed,
+                    **{name: row[name] for name in optional},
                 }
             )
     return pd.DataFrame(rows)

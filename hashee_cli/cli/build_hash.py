@@ -14,6 +14,7 @@ from hashee_cli.cli.common import (
     HubDatasetOption,
     LabelColumnOption,
     MaxSeqLengthOption,
+    MaxTargetLengthOption,
     ModelOption,
     ProblemTypeOption,
     SeedOption,
@@ -77,6 +78,7 @@ def build_hash(
     hub_dataset: HubDatasetOption = None,
     hub_config: HubConfigOption = None,
     max_seq_length: MaxSeqLengthOption = 128,
+    max_target_length: MaxTargetLengthOption = 64,
     num_layers: Annotated[
         int | None, typer.Option(help="Use only the first k layers of the backbone (default: all).")
     ] = None,
@@ -104,7 +106,8 @@ def build_hash(
         raise HasheeError(f"--output {output} is a directory; give a file name such as {output / 'hash.json'}")
 
     data = data_config(
-        task, data_dir, train_file, None, None, text_column, label_column, problem_type, hub_dataset, hub_config, max_seq_length
+        task, data_dir, train_file, None, None, text_column, label_column, problem_type, hub_dataset, hub_config, max_seq_length,
+        max_target_length,
     )
     settings = HashSettings(
         method=method,

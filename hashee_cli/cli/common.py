@@ -109,7 +109,10 @@ ModelOption = Annotated[
     ),
 ]
 TaskOption = Annotated[
-    str, typer.Option(help="Task: SST-2, MRPC, STS-B, SNLI, SciTail, IMDb, or a name for your own files.")
+    str,
+    typer.Option(
+        help="Task: SST-2, MRPC, STS-B, SNLI, SciTail, IMDb, DialogSum, summarization, or a name for your own files."
+    ),
 ]
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Folder in the ELUE layout: <data-dir>/<TASK>/{train,dev,test_full}.tsv.")
@@ -123,13 +126,16 @@ TextColumnOption = Annotated[
 ]
 LabelColumnOption = Annotated[str | None, typer.Option(help="Label column of your own files.")]
 ProblemTypeOption = Annotated[
-    str, typer.Option(help="For your own files: classification or regression.")
+    str, typer.Option(help="For your own files: classification, regression or summarization.")
 ]
 HubDatasetOption = Annotated[
     str | None, typer.Option(help="Hugging Face datasets name to load splits from (needs network access).")
 ]
 HubConfigOption = Annotated[str | None, typer.Option(help="Configuration name of the hub data set.")]
 MaxSeqLengthOption = Annotated[int, typer.Option(help="Maximum tokens per example; longer ones are truncated.")]
+MaxTargetLengthOption = Annotated[
+    int, typer.Option(help="Summarisation: maximum tokens of a target summary; longer ones are truncated.")
+]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 DeviceOption = Annotated[str, typer.Option(help="Device: auto (CUDA when available), cpu, cuda or cuda:N.")]
 
@@ -146,6 +152,7 @@ def data_config(
     hub_dataset: str | None,
     hub_config: str | None,
     max_seq_length: int,
+    max_target_length: int = 64,
 ) -> DataConfig:
     return DataConfig(
         task=task,
@@ -159,6 +166,7 @@ def data_config(
         label_column=label_column,
         problem_type=problem_type,
         max_seq_length=max_seq_length,
+        max_target_length=max_target_length,
     )
 
 

@@ -66,6 +66,18 @@ def render_layers(row: dict) -> Table:
     return table
 
 
+def render_generation(row: dict) -> Table:
+    unit = row["flops_unit"]
+    table = Table(title=f"Greedy generation ({unit}, fvcore, mean per example)", title_justify="left")
+    table.add_column("measure")
+    table.add_column("fvcore", justify="right")
+    table.add_row("encoder (with cross-attention keys and values)", _number(row["counted_encoder_flops_mean"]))
+    table.add_row("decoder (with the language-model head)", _number(row["counted_decoder_flops_mean"]))
+    table.add_row("decoder per generated token", _number(row["counted_flops_per_generated_token"]))
+    table.caption = f"{row['generated_tokens_mean']:.1f} tokens generated per example (at most {row['max_new_tokens']})."
+    return table
+
+
 def _count_with_progress(settings: CountSettings) -> CountResult:
     progress = Progress(
         TextColumn("[bold]counting"),
@@ -132,7 +144,10 @@ def count_flops(
     device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace the CSV instead of appending to it.")] = False,
 ) -> None:
-    """Count FLOPs per example with fvcore on the forward pass that `evaluate` runs, next to the analytic estimate."""
+    """Count FLOPs per example with fvcore on the forward pass that `evaluate` runs, next to the analytic estimate.
+
+    Summarisation checkpoints are counted on greedy generation: encoder, decoder and the cost per generated token.
+    """
     if examples is not None and examples.exists() and not overwrite:
         raise HasheeError(f"{examples} already exists; choose another --examples path or pass --overwrite")
 
@@ -179,7 +194,10 @@ def count_flops(
         emit_json(result.row)
         return
     print_table(render_summary(result.row))
-    print_table(render_layers(result.row))
+    if "counted_flops_per_generated_token" in result.row:
+        print_table(render_generation(result.row))
+    else:
+        print_table(render_layers(result.row))
     uncounted = result.row["uncounted_ops"] or "none"
     info(f"Operators left uncounted: {uncounted}")
     info(f"Wrote {output}" + (f" and {examples}" if examples else ""))

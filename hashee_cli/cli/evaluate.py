@@ -23,6 +23,8 @@ from hashee_cli.cli.common import (
 )
 from hashee_cli.errors import HasheeError
 from hashee_cli.evaluation import evaluate_checkpoint
+from hashee_cli.seq2seq.checkpoint import is_summarization_checkpoint
+from hashee_cli.seq2seq.evaluation import evaluate_summarizer
 
 
 def render_row(row: dict) -> Table:
@@ -61,8 +63,23 @@ def evaluate(
     seed: SeedOption = 42,
     device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace the metrics CSV instead of appending to it.")] = False,
+    num_beams: Annotated[
+        int | None, typer.Option(help="Summarisation: beam width; 1 decodes greedily (the default).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Summarisation: maximum generated tokens (default: the checkpoint's --max-target-length).")
+    ] = None,
+    length_penalty: Annotated[
+        float | None, typer.Option(help="Summarisation, beam search: divide scores by length to this power (default 1.0).")
+    ] = None,
+    no_repeat_ngram_size: Annotated[
+        int | None, typer.Option(help="Summarisation: forbid repeating n-grams of this size (default 0: allowed).")
+    ] = None,
 ) -> None:
-    """Evaluate a checkpoint with the gathered HashEE forward and write metrics (and predictions)."""
+    """Evaluate a checkpoint with the gathered HashEE forward and write metrics (and predictions).
+
+    Summarisation checkpoints generate a summary per document, with the key/value cache, and are scored with ROUGE.
+    """
     if form not in ("auto", "gathered", "masked", "dense"):
         raise HasheeError(f"--form must be auto, gathered, masked or dense, not {form!r}")
     if predictions is not None and predictions.exists() and not overwrite:
@@ -76,9 +93,25 @@ def evaluate(
     if dev_file:
         overrides["dev_file"] = str(dev_file)
 
-    result = evaluate_checkpoint(
-        str(checkpoint), split, overrides, batch_size=batch_size, form=form, device=device, limit=limit, seed=seed
-    )
+    generation_options = {
+        "num_beams": num_beams,
+        "max_new_tokens": max_new_tokens,
+        "length_penalty": length_penalty,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+    }
+    summarization = is_summarization_checkpoint(checkpoint)
+    if summarization:
+        result = evaluate_summarizer(
+            str(checkpoint), split, overrides, generation_options,
+            batch_size=batch_size, form=form, device=device, limit=limit, seed=seed,
+        )
+    else:
+        given = [f"--{name.replace('_', '-')}" for name, value in generation_options.items() if value is not None]
+        if given:
+            raise HasheeError(f"{', '.join(given)} applies to summarisation checkpoints only; {checkpoint} is a classifier")
+        result = evaluate_checkpoint(
+            str(checkpoint), split, overrides, batch_size=batch_size, form=form, device=device, limit=limit, seed=seed
+        )
 
     row = pd.DataFrame([result.row])
     if overwrite or not output.exists():
@@ -92,4 +125,6 @@ def evaluate(
         emit_json(result.row)
         return
     print_table(render_row(result.row))
+    if summarization and not result.row["references"]:
+        info(f"No ROUGE computed: the {split} split has no summary column; only the summaries were generated.")
     info(f"Wrote {output}" + (f" and {predictions}" if predictions else ""))

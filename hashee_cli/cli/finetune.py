@@ -26,6 +26,7 @@ from hashee_cli.cli.common import (
     HubDatasetOption,
     LabelColumnOption,
     MaxSeqLengthOption,
+    MaxTargetLengthOption,
     ModelOption,
     ProblemTypeOption,
     RichTrainingProgress,
@@ -147,6 +148,7 @@ def finetune(
     hub_dataset: HubDatasetOption = None,
     hub_config: HubConfigOption = None,
     max_seq_length: MaxSeqLengthOption = 128,
+    max_target_length: MaxTargetLengthOption = 64,
     num_layers: Annotated[int | None, typer.Option(help="Use only the first k layers of the backbone.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs; the best epoch on dev is kept.")] = 3,
     batch_size: Annotated[
@@ -215,7 +217,7 @@ def finetune(
         resume=resume,
         data=data_config(
             task, data_dir, train_file, dev_file, test_file, text_column, label_column, problem_type,
-            hub_dataset, hub_config, max_seq_length,
+            hub_dataset, hub_config, max_seq_length, max_target_length,
         ),
         training=TrainingConfig(
             epochs=epochs,
@@ -230,17 +232,21 @@ def finetune(
         ),
     )
 
+    summarization = settings.data.task_spec().problem_type == "summarization"
     if is_main:
         info(f"Fine-tuning {model} ({resolved_method}) on {task} -> {output_dir}")
         note = resolve_precision(settings.precision, resolve_device(device)).note
         if note:
             info(f"Note: {note}.")
-        every = f"every {save_steps} steps and " if save_steps else ""
-        info(f"Checkpoints: {settings.checkpoint_path} ({every}each epoch; keeping the last {save_total_limit})")
+        if not summarization:
+            every = f"every {save_steps} steps and " if save_steps else ""
+            info(f"Checkpoints: {settings.checkpoint_path} ({every}each epoch; keeping the last {save_total_limit})")
 
     stop = StopRequest()
     try:
-        with stop_on_signals(stop, announce=is_main and not state.json):
+        # Summarisation keeps no resumable checkpoints, so Ctrl-C stops it at once instead of after a step.
+        handling = contextlib.nullcontext() if summarization else stop_on_signals(stop, announce=is_main and not state.json)
+        with handling:
             if is_main:
                 with RichTrainingProgress(epochs) as progress:
                     outcome = run_finetune(settings, progress, stop)

@@ -43,6 +43,8 @@ class DataConfig:
     label_column: str | None = None
     problem_type: str = "classification"
     max_seq_length: int = 128
+    # Summarisation only: maximum tokens of a target summary (longer ones are truncated).
+    max_target_length: int = 64
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,7 +182,7 @@ def split_path(config: DataConfig, task: TaskSpec, split: str) -> Path | None:
         return Path(explicit).expanduser()
     if config.data_dir:
         folder = Path(config.data_dir).expanduser() / (task.directory or task.name)
-        candidates = [folder / name for name in ELUE_SPLIT_FILES[split]]
+        candidates = [folder / name for name in task.split_files.get(split, ELUE_SPLIT_FILES[split])]
         for candidate in candidates:
             if candidate.exists():
                 return candidate

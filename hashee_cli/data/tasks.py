@@ -14,8 +14,9 @@ from typing import Literal
 
 from hashee_cli.errors import HasheeError
 
-# "multi_label" predicts one 0/1 per label name (independent sigmoid outputs).
-ProblemType = Literal["classification", "regression", "multi_label"]
+# "multi_label" predicts one 0/1 per label name (independent sigmoid outputs);
+# "summarization" pairs a document with one or more reference summaries.
+ProblemType = Literal["classification", "regression", "multi_label", "summarization"]
 
 # ELUE file names for each split; "test_full.tsv" is ELUE's labelled test split.
 ELUE_SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -54,6 +55,8 @@ class TaskSpec:
     directory: str | None = None
     description: str = ""
     hub_defaults: dict = field(default_factory=dict)
+    # File names tried for a split under --data-dir, replacing ELUE_SPLIT_FILES for that split.
+    split_files: dict = field(default_factory=dict)
 
     @property
     def is_pair(self) -> bool:
@@ -61,7 +64,7 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
-        if self.problem_type == "regression":
+        if self.problem_type in ("regression", "summarization"):
             return 1
         if self.labels is None:
             raise HasheeError(f"task {self.name} has no label set yet; it is read from the training split")
@@ -82,6 +85,10 @@ class TaskSpec:
 
 
 _PAIR_COLUMNS = (("premise", "sentence1", "text_a"), ("hypothesis", "sentence2", "text_b"))
+# Column names of summarisation data sets: DialogSum and XSum, SAMSum, CNN/DailyMail.
+_DOCUMENT_COLUMNS = ("document", "dialogue", "article", "text", "source")
+_SUMMARY_COLUMNS = ("summary", "highlights", "target")
+_ROUGE_METRICS = ("rouge1", "rouge2", "rougeL")
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -132,6 +139,26 @@ TASKS: dict[str, TaskSpec] = {
             labels=("0", "1"),
             description="IMDb movie reviews, binary sentiment",
         ),
+        TaskSpec(
+            name="DialogSum",
+            text_columns=(_DOCUMENT_COLUMNS,),
+            label_columns=_SUMMARY_COLUMNS,
+            problem_type="summarization",
+            metrics=_ROUGE_METRICS,
+            main_metric="rougeL",
+            # The multi-reference test file comes first: its extra references are read as well.
+            split_files={"test": ("test_allrefs.tsv", "test.tsv")},
+            description="DialogSum dialogue summarisation, one reference (three in test_allrefs.tsv)",
+        ),
+        TaskSpec(
+            name="summarization",
+            text_columns=(_DOCUMENT_COLUMNS,),
+            label_columns=_SUMMARY_COLUMNS,
+            problem_type="summarization",
+            metrics=_ROUGE_METRICS,
+            main_metric="rougeL",
+            description="any document/summary data (local files or a hub data set)",
+        ),
     ]
 }
 
@@ -161,9 +188,13 @@ def custom_task(
     """Build a task for the user's own files from column names."""
     if not 1 <= len(text_columns) <= 2:
         raise HasheeError(f"give one or two --text-column options (got {len(text_columns)})")
-    if problem_type not in ("classification", "regression"):
-        raise HasheeError(f"--problem-type must be classification or regression, not {problem_type!r}")
-    if problem_type == "regression":
+    if problem_type not in ("classification", "regression", "summarization"):
+        raise HasheeError(f"--problem-type must be classification, regression or summarization, not {problem_type!r}")
+    if problem_type == "summarization":
+        if len(text_columns) != 1:
+            raise HasheeError("summarization reads one --text-column (the document) and --label-column (the summary)")
+        metrics, main = _ROUGE_METRICS, "rougeL"
+    elif problem_type == "regression":
         metrics, main = ("pearson", "spearman"), "spearman"
     else:
         metrics, main = ("accuracy", "f1_macro"), "accuracy"

@@ -95,14 +95,8 @@ def layer_statistics(
     return stats
 
 
-def build_hash_table(model_name: str, data: DataConfig, settings: HashSettings) -> HashTable:
-    """Count the training split (only) and build the table that ``settings.method`` describes."""
-    builder = get_hash_method(settings.method)
-    if settings.order not in ("descending", "ascending"):
-        raise HasheeError(f"--order must be descending or ascending, not {settings.order!r}")
-
-    config = load_config(model_name)
-    total_layers = config.num_hidden_layers
+def resolve_table_layers(settings: HashSettings, total_layers: int, model_name: str) -> tuple[int, list[int], int]:
+    """Return the table's number of layers, the exit layer of each bucket and the default exit layer."""
     num_layers = settings.num_layers if settings.num_layers is not None else total_layers
     if not 1 <= num_layers <= total_layers:
         raise HasheeError(f"--num-layers must be between 1 and {total_layers} for {model_name} (got {num_layers})")
@@ -110,9 +104,24 @@ def build_hash_table(model_name: str, data: DataConfig, settings: HashSettings) 
     default_layer = settings.default_exit_layer if settings.default_exit_layer is not None else num_layers
     if not 1 <= default_layer <= num_layers:
         raise HasheeError(f"--default-exit-layer {default_layer} is outside 1..{num_layers}")
+    return num_layers, exit_layers, default_layer
+
+
+def build_hash_table(model_name: str, data: DataConfig, settings: HashSettings) -> HashTable:
+    """Count the training split (only) and build the table that ``settings.method`` describes."""
+    builder = get_hash_method(settings.method)
+    if settings.order not in ("descending", "ascending"):
+        raise HasheeError(f"--order must be descending or ascending, not {settings.order!r}")
+    task_spec = data.task_spec()
+    if task_spec.problem_type == "summarization":
+        from hashee_cli.seq2seq.hashing import build_summarization_hash_table
+
+        return build_summarization_hash_table(model_name, data, settings, task_spec)
+
+    config = load_config(model_name)
+    num_layers, exit_layers, default_layer = resolve_table_layers(settings, config.num_hidden_layers, model_name)
 
     tokenizer = load_tokenizer(model_name)
-    task_spec = data.task_spec()
     train = load_split(data, task_spec, "train", require_labels=settings.method == "mi")
     task = resolve_task(data, train) if settings.method == "mi" else task_spec
     encoded = encode_split(train, task, tokenizer, data.max_seq_length)

@@ -1,0 +1,1 @@
+"""HashEE for encoder-decoder models: exits in both stacks, cached decoding, summarisation data, ROUGE and cost."""
