@@ -10,6 +10,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -63,6 +64,10 @@ class TrainingCallback(Protocol):
     def on_evaluate_start(self, epoch: int) -> None: ...
 
     def on_epoch_end(self, record: dict) -> None: ...
+
+
+# Scores a model on the dev split: returns (metrics by name, mean exit layer).
+DevEvaluator = Callable[[torch.nn.Module], tuple[dict[str, float], float]]
 
 
 class SilentCallback:
@@ -119,6 +124,7 @@ def train(
     config: TrainingConfig,
     pad_token_id: int,
     callback: TrainingCallback | None = None,
+    dev_evaluator: DevEvaluator | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` on ``train_split`` and load the weights of the best epoch on ``dev_split``.
 
@@ -127,6 +133,8 @@ def train(
 
     HashEE models train in the masked form, so dropout and gradients behave
     as in the ordinary model; dev evaluation uses the gathered form.
+    ``dev_evaluator`` replaces the dev scoring of the model's final logits,
+    for models whose trained part is not the last layer's classifier.
     """
     callback = callback or SilentCallback()
     select_metric = config.select_metric or task.main_metric
@@ -175,14 +183,18 @@ def train(
             callback.on_step(step, loss.item(), scheduler.get_last_lr()[0])
 
         callback.on_evaluate_start(epoch)
-        predictions = predict(model, dev_split, config.eval_batch_size, pad_token_id)
-        metrics = score(task, predictions, dev_split.labels)
+        if dev_evaluator is None:
+            predictions = predict(model, dev_split, config.eval_batch_size, pad_token_id)
+            metrics = score(task, predictions, dev_split.labels)
+            mean_exit_layer = predictions.mean_exit_layer
+        else:
+            metrics, mean_exit_layer = dev_evaluator(model)
         record = {
             "epoch": epoch,
             "step": step,
             "train_loss": loss_sum / steps_per_epoch,
             **{f"dev_{name}": value for name, value in metrics.items()},
-            "dev_mean_exit_layer": predictions.mean_exit_layer,
+            "dev_mean_exit_layer": mean_exit_layer,
             "seconds": time.perf_counter() - epoch_start,
         }
         history.append(record)

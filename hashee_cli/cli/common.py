@@ -186,7 +186,16 @@ class RichTrainingProgress:
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
+        self.epoch = 1
+        if self.task_id is not None:
+            # Methods that train several models (static curves, DeeBERT's stages) reuse one bar.
+            self.progress.reset(self.task_id, total=steps_per_epoch, epoch=1, epochs=self.epochs, loss=0.0, description="train")
+            return
         self.task_id = self.progress.add_task("train", total=steps_per_epoch, epoch=1, epochs=self.epochs, loss=0.0)
+
+    def on_stage(self, stage: str) -> None:
+        if not state.json:
+            self.progress.console.print(f"[bold]{stage}[/]", highlight=False)
 
     def on_step(self, step: int, loss: float, learning_rate: float) -> None:
         self.progress.update(self.task_id, advance=1, loss=loss)
@@ -195,8 +204,11 @@ class RichTrainingProgress:
         self.progress.update(self.task_id, description="dev")
 
     def on_epoch_end(self, record: dict) -> None:
+        # Per-layer scores of multi-exit models stay in epoch_metrics.csv; the line shows the summary.
         metrics = "  ".join(
-            f"{name[4:]} {value:.4f}" for name, value in record.items() if name.startswith("dev_") and isinstance(value, float)
+            f"{name[4:]} {value:.4f}"
+            for name, value in record.items()
+            if name.startswith("dev_") and "_layer_" not in name and isinstance(value, float)
         )
         marker = "  [green](best so far)[/]" if record.get("best") else ""
         if not state.json:
@@ -207,4 +219,5 @@ class RichTrainingProgress:
             )
         self.epoch = record["epoch"] + 1
         if self.epoch <= self.epochs:
-            self.progress.reset(self.task_id, total=self.steps_per_epoch, epoch=self.epoch, loss=0.0)
+            # reset() replaces every field, so all of them are passed again.
+            self.progress.reset(self.task_id, total=self.steps_per_epoch, epoch=self.epoch, epochs=self.epochs, loss=0.0)
