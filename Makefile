@@ -22,7 +22,7 @@ TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_S
 	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
 	--seed $(SEED) --overwrite
 
-.PHONY: install test reproduce reproduce-sst2 check-data
+.PHONY: install test reproduce reproduce-sst2 reproduce-comparison experiment check-data
 
 install:
 	python3 -m venv $(VENV)
@@ -36,7 +36,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2
+reproduce: reproduce-sst2 reproduce-comparison
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -54,4 +54,27 @@ reproduce-sst2: check-data
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq --split test -o $(OUT)/sst2/metrics-hashee-freq.csv --overwrite
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq-aggressive --split test -o $(OUT)/sst2/metrics-hashee-freq-aggressive.csv --overwrite
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
-		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2 --overwrite
+
+# SST-2 against the baselines, on the budget of reproduce-sst2: the static
+# curve (its deepest point is the full model trained above), DeeBERT (its
+# second stage on top of that full model), PABEE (joint training). Each
+# early-exit sweep records every layer once and replays every setting, then
+# runs the real per-example early exit to measure its speed. The report has a
+# table and a Pareto plot with ELUE scores against each baseline curve.
+reproduce-comparison: reproduce-sst2
+	$(HASHEE) finetune --method static --depths $(STATIC_DEPTHS) $(TRAIN_OPTIONS) -o $(OUT)/sst2/static
+	$(HASHEE) finetune --method deebert --init-from $(OUT)/sst2/full $(TRAIN_OPTIONS) -o $(OUT)/sst2/deebert
+	$(HASHEE) finetune --method pabee $(TRAIN_OPTIONS) -o $(OUT)/sst2/pabee
+	$(HASHEE) evaluate $(OUT)/sst2/static --split test -o $(OUT)/sst2/metrics-static.csv --overwrite
+	$(HASHEE) evaluate $(OUT)/sst2/deebert --split test --thresholds $(DEEBERT_THRESHOLDS) --early-exit \
+		-o $(OUT)/sst2/metrics-deebert.csv --overwrite
+	$(HASHEE) evaluate $(OUT)/sst2/pabee --split test --early-exit -o $(OUT)/sst2/metrics-pabee.csv --overwrite
+	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-static.csv $(OUT)/sst2/metrics-deebert.csv \
+		$(OUT)/sst2/metrics-pabee.csv $(OUT)/sst2/metrics-hashee-freq.csv $(OUT)/sst2/metrics-hashee-freq-aggressive.csv \
+		--reference static --reference deebert --reference pabee -o $(OUT)/sst2/comparison --overwrite
+
+# One experiment config end to end: make experiment CONFIG=experiments/comparison-cpu.yaml
+CONFIG ?= experiments/comparison-cpu.yaml
+experiment:
+	$(HASHEE) experiment $(CONFIG)

@@ -34,7 +34,7 @@ from hashee_cli.hashing.table import HashTable, load_hash_table
 from hashee_cli.modeling.model import HashEEModel, load_backbone_for_task
 from hashee_cli.modeling.multi_exit import MultiExitModel
 from hashee_cli.provenance import library_versions
-from hashee_cli.training import TrainingCallback, TrainingConfig, TrainingResult, train
+from hashee_cli.training import TrainingCallback, TrainingConfig, TrainingResult, seed_everything, train
 
 METHODS = ("hashee", "full", "multi-exit", "static", "deebert", "pabee")
 # A static curve is a directory with one checkpoint per depth and this manifest.
@@ -244,9 +244,8 @@ def _finetune_single(
     settings: FinetuneSettings, prepared: _PreparedData, table: HashTable | None, device: torch.device, callback
 ) -> tuple[HashEEModel | MultiExitModel, TrainingResult, dict]:
     """Train one model: HashEE, full, multi-exit, or PABEE's jointly trained classifiers."""
-    if settings.method == "pabee":
-        # Seeded here so that the new classifiers start the same in every run.
-        torch.manual_seed(settings.training.seed)
+    # Seed before the new head is initialised, or two runs start from different weights.
+    seed_everything(settings.training.seed)
     hf_model = load_backbone_for_task(settings.model, prepared.task, settings.num_layers)
     assigner = None
     if table is not None:
@@ -290,7 +289,7 @@ def _finetune_static(
     with atomic.atomic_directory(settings.output_dir, overwrite=settings.overwrite) as staging:
         for depth in depths:
             _announce(callback, f"static, {depth} of {max(depths)} layers")
-            torch.manual_seed(settings.training.seed)
+            seed_everything(settings.training.seed)
             model = HashEEModel(load_backbone_for_task(settings.model, prepared.task, depth)).to(device)
             result = _train(model, prepared, settings, callback)
             name = static_member_name(depth)
@@ -338,6 +337,7 @@ def _finetune_deebert(
     history: list[dict] = []
     if first_stage is None:
         _announce(callback, "deebert stage 1: backbone and final classifier")
+        seed_everything(settings.training.seed)
         stage_one = HashEEModel(load_backbone_for_task(settings.model, prepared.task, settings.num_layers)).to(device)
         first = _train(stage_one, prepared, settings, callback)
         history.extend({"stage": 1, **record} for record in first.history)
@@ -356,7 +356,7 @@ def _finetune_deebert(
         init_from = str(first_stage.path)
 
     _announce(callback, "deebert stage 2: internal classifiers, backbone frozen")
-    torch.manual_seed(settings.training.seed)
+    seed_everything(settings.training.seed)
     model = MultiExitModel(hf_model).to(device)
     trainer = FrozenBackboneExits(model)
     # Only the internal classifiers change, so they alone pick the best epoch.
