@@ -59,8 +59,8 @@ def collect_metrics(paths: list[Path]) -> tuple[pd.DataFrame, list[Skipped]]:
     """Read every metrics CSV that can be compared; return the rows and what was skipped.
 
     A file is skipped when it is missing, unreadable or lacks a required
-    column; a row when its score is missing or its cost is in another unit.
-    Raises HasheeError only when nothing is left.
+    column. A row is skipped when its score is missing or its cost is in
+    another unit. Raises HasheeError only when nothing is left.
     """
     if not paths:
         raise HasheeError("give at least one metrics CSV written by `hashee evaluate`")
@@ -143,7 +143,7 @@ def series_name(row: pd.Series) -> str:
 
 
 def setting_name(row: pd.Series) -> str:
-    """Return the setting that tells a row apart from the others of its method."""
+    """Return the setting that distinguishes a row from the other rows of its method."""
     method = _text(row, "method")
     if _text(row, "setting"):
         return _text(row, "setting")
@@ -172,7 +172,7 @@ def _full_row(group: pd.DataFrame) -> pd.Series | None:
 
 
 def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per run and setting, with its score, cost and speed against the full model of its group.
+    """Return one row per run and setting, with its score, cost and speed against the full model of its group.
 
     ``delta_vs_full`` is in points (score x 100). The full model is the
     deepest ``full`` (or ``static``) row of the same task, split and backbone;

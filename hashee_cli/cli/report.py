@@ -15,12 +15,20 @@ from hashee_cli.comparison import build_report, write_report
 from hashee_cli.elue import DEFAULT_REFERENCE
 
 
+def _cell(value) -> str:
+    if pd.isna(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return escape(str(value))
+
+
 def render(table: pd.DataFrame, title: str = "Comparison") -> Table:
-    rich_table = Table(title=title, title_justify="left")
+    rich_table = Table(title=escape(title), title_justify="left")
     for column in table.columns:
         rich_table.add_column(column, justify="right" if pd.api.types.is_numeric_dtype(table[column]) else "left")
     for row in table.itertuples(index=False):
-        rich_table.add_row(*["" if pd.isna(value) else f"{value:.4f}" if isinstance(value, float) else str(value) for value in row])
+        rich_table.add_row(*[_cell(value) for value in row])
     return rich_table
 
 
