@@ -9,6 +9,7 @@ import typer
 
 from hashee_cli import __version__
 from hashee_cli.cli import build_hash, evaluate, finetune, report
+from hashee_cli.cli import experiment
 from hashee_cli.cli.common import state
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.command("build-hash")(build_hash.build_hash)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
+app.command("experiment")(experiment.experiment)
 
 
 def _quiet_libraries() -> None:
