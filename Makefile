@@ -4,6 +4,7 @@
 #   make test                     run the test suite
 #   make reproduce                the paper pipeline, CPU-sized profile
 #   make reproduce PROFILE=gpu    the same pipeline on full data (GPU)
+#   make experiment CONFIG=...    one experiment config end to end (experiments/*.yaml)
 #
 # Data comes from DATA_DIR (ELUE layout); it defaults to ../shared/data/elue
 # when that folder exists. Results go to OUT.
@@ -74,7 +75,8 @@ reproduce-comparison: reproduce-sst2
 		$(OUT)/sst2/metrics-pabee.csv $(OUT)/sst2/metrics-hashee-freq.csv $(OUT)/sst2/metrics-hashee-freq-aggressive.csv \
 		--reference static --reference deebert --reference pabee -o $(OUT)/sst2/comparison --overwrite
 
-# One experiment config end to end: make experiment CONFIG=experiments/comparison-cpu.yaml
+# One experiment config end to end, reusing finished steps when run again:
+#   make experiment CONFIG=experiments/comparison-cpu.yaml
 CONFIG ?= experiments/comparison-cpu.yaml
 experiment:
-	$(HASHEE) experiment $(CONFIG)
+	$(HASHEE) experiment $(CONFIG) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
