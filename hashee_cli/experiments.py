@@ -299,15 +299,42 @@ def _csv(values) -> str:
     return ",".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values)
 
 
-def plan_experiment(config: ExperimentConfig, overwrite: bool = False) -> list[Step]:
-    """Return the commands of every task in order: hash tables, fine-tuning, evaluation, then the report."""
+def _check_selection(selected: list[str] | None, known: list[str], what: str) -> None:
+    for name in selected or []:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise HasheeError(f"--{what} {name!r} is not in the config; {hint}it defines {', '.join(known)}")
+
+
+def plan_experiment(
+    config: ExperimentConfig,
+    overwrite: bool = False,
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> list[Step]:
+    """Return the commands of every task in order: hash tables, fine-tuning, evaluation, then the report.
+
+    ``tasks`` and ``methods`` run a subset of the config; the report then
+    covers that subset. DeeBERT on top of the full model brings the full
+    model's steps along, which are reused when already done.
+    """
+    _check_selection(tasks, list(config.tasks), "task")
+    _check_selection(methods, config.methods.names(), "method")
     root = Path(config.output_dir)
     steps: list[Step] = []
     metrics: list[Path] = []
     replace = ["--overwrite"] if overwrite else []
     for task_name, task in config.tasks.items():
+        if tasks and task_name not in tasks:
+            continue
         folder = root / task_name
         chosen = task.methods if task.methods is not None else config.methods.names()
+        if methods:
+            needed = set(methods)
+            if "deebert" in needed and config.methods.deebert.init_from_full:
+                needed.add("full")
+            chosen = [name for name in chosen if name in needed]
         # build-hash reads only the training split; finetune saves all three sources for evaluate.
         hash_data = ["--task", task_name]
         if config.data_dir:

@@ -117,3 +117,14 @@ def test_config_runs_end_to_end_and_resumes(tiny_model_dir, elue_dir, tmp_path):
     result = runner.invoke(app, ["experiment", str(config), "--data-dir", str(elue_dir)])
     assert result.exit_code == 1
     assert "contains results of a different config" in result.output
+
+
+def test_plan_runs_a_selection():
+    config = parse_config(_config(tasks={"SST-2": {}, "MRPC": {}}))
+    steps = plan_experiment(config, tasks=["MRPC"], methods=["deebert"])
+    # DeeBERT's first stage is the full model, so its steps come along.
+    assert [step.name for step in steps] == ["finetune full", "finetune deebert", "evaluate full", "evaluate deebert", "report"]
+    assert {step.task for step in steps[:-1]} == {"MRPC"}
+    with pytest.raises(HasheeError) as error:
+        plan_experiment(config, methods=["pabe"])
+    assert "--method 'pabe' is not in the config" in str(error.value)

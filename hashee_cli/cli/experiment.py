@@ -23,6 +23,13 @@ def experiment(
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", help="Results folder, replacing the config's output_dir.")
     ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", help="Run only this task of the config; repeat for several.")
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", help="Run only this method of the config (full, static, deebert, pabee, hashee-<hash>-<layers>); repeat for several."),
+    ] = None,
 ) -> None:
     """Run every step of an experiment config; steps whose outputs exist and are up to date are reused."""
     parsed, raw = load_config(config)
@@ -31,7 +38,7 @@ def experiment(
         parsed.data_dir = raw["data_dir"] = str(data_dir)
     if output_dir is not None:
         parsed.output_dir = raw["output_dir"] = str(output_dir)
-    steps = plan_experiment(parsed, overwrite)
+    steps = plan_experiment(parsed, overwrite, tasks=task, methods=method)
     output_dir = Path(parsed.output_dir)
 
     if dry_run:
