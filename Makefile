@@ -5,6 +5,7 @@
 #   make reproduce                the paper pipeline, CPU-sized profile
 #   make reproduce PROFILE=gpu    the same pipeline on full data (GPU)
 #   make experiment CONFIG=...    one experiment config end to end (experiments/*.yaml)
+#   make benchmark                time HashEE against the full model (benchmarks/README.md)
 #
 # Data comes from DATA_DIR (ELUE layout); it defaults to ../shared/data/elue
 # when that folder exists. Results go to OUT.
@@ -23,7 +24,8 @@ TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_S
 	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
 	--seed $(SEED) --overwrite
 
-.PHONY: install test reproduce reproduce-sst2 reproduce-comparison experiment check-data
+.PHONY: install test reproduce reproduce-sst2 reproduce-sst2-flops reproduce-comparison reproduce-learnability \
+	experiment benchmark check-data
 
 install:
 	python3 -m venv $(VENV)
@@ -37,7 +39,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2 reproduce-comparison
+reproduce: reproduce-sst2 reproduce-sst2-flops reproduce-comparison reproduce-learnability
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -57,13 +59,26 @@ reproduce-sst2: check-data
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2 --overwrite
 
+# fvcore counts of the three SST-2 models on a seeded subset of the test split
+# (each example is traced alone), then the comparison again with the counts.
+COUNT_OPTIONS = --split test $(if $(COUNT_LIMIT),--limit $(COUNT_LIMIT)) --seed $(SEED)
+reproduce-sst2-flops: reproduce-sst2
+	$(HASHEE) count-flops $(OUT)/sst2/full $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
+	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq-aggressive $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
+	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2 --overwrite
+
 # SST-2 against the baselines, on the budget of reproduce-sst2: the static
 # curve (its deepest point is the full model trained above), DeeBERT (its
 # second stage on top of that full model), PABEE (joint training). Each
 # early-exit sweep records every layer once and replays every setting, then
-# runs the real per-example early exit to measure its speed. The report has a
-# table and a Pareto plot with ELUE scores against each baseline curve.
-reproduce-comparison: reproduce-sst2
+# runs the real per-example early exit to measure its speed. count-flops
+# counts the baselines on the subset reproduce-sst2-flops counted (for
+# DeeBERT and PABEE, every setting of the sweep), so the plot's cost axis is
+# the fvcore count for every method. The report has a table and a Pareto plot
+# with ELUE scores against each baseline curve.
+reproduce-comparison: reproduce-sst2-flops
 	$(HASHEE) finetune --method static --depths $(STATIC_DEPTHS) $(TRAIN_OPTIONS) -o $(OUT)/sst2/static
 	$(HASHEE) finetune --method deebert --init-from $(OUT)/sst2/full $(TRAIN_OPTIONS) -o $(OUT)/sst2/deebert
 	$(HASHEE) finetune --method pabee $(TRAIN_OPTIONS) -o $(OUT)/sst2/pabee
@@ -71,8 +86,12 @@ reproduce-comparison: reproduce-sst2
 	$(HASHEE) evaluate $(OUT)/sst2/deebert --split test --thresholds $(DEEBERT_THRESHOLDS) --early-exit \
 		-o $(OUT)/sst2/metrics-deebert.csv --overwrite
 	$(HASHEE) evaluate $(OUT)/sst2/pabee --split test --early-exit -o $(OUT)/sst2/metrics-pabee.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/static $(COUNT_OPTIONS) -o $(OUT)/sst2/flops-baselines.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/deebert $(COUNT_OPTIONS) --thresholds $(DEEBERT_THRESHOLDS) -o $(OUT)/sst2/flops-baselines.csv
+	$(HASHEE) count-flops $(OUT)/sst2/pabee $(COUNT_OPTIONS) -o $(OUT)/sst2/flops-baselines.csv
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-static.csv $(OUT)/sst2/metrics-deebert.csv \
 		$(OUT)/sst2/metrics-pabee.csv $(OUT)/sst2/metrics-hashee-freq.csv $(OUT)/sst2/metrics-hashee-freq-aggressive.csv \
+		$(OUT)/sst2/flops.csv $(OUT)/sst2/flops-baselines.csv \
 		--reference static --reference deebert --reference pabee -o $(OUT)/sst2/comparison --overwrite
 
 # One experiment config end to end, reusing finished steps when run again:
@@ -80,3 +99,24 @@ reproduce-comparison: reproduce-sst2
 CONFIG ?= experiments/comparison-cpu.yaml
 experiment:
 	$(HASHEE) experiment $(CONFIG) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# Wall-clock speed-up against the FLOPs ratio; writes benchmarks/results.* and
+# the results section of benchmarks/README.md. Not part of reproduce.
+BENCHMARK_OPTIONS ?=
+benchmark: check-data
+	$(PYTHON) benchmarks/speed.py --data-dir $(DATA_DIR) --update-readme $(BENCHMARK_OPTIONS)
+
+# Learnability of instance difficulty on the SNLI difficulty data: probes
+# (bag of words, BiLSTM, fine-tuned MiniLM) against majority and random
+# guesses, over several seeds, for human- and model-defined difficulty.
+DIFFICULTY_DIR ?= $(wildcard ../shared/data/difficulty)
+LEARNABILITY_OPTIONS = --data-dir $(DIFFICULTY_DIR) --seeds $(LEARNABILITY_SEEDS) --epochs $(LEARNABILITY_EPOCHS) \
+	--max-seq-length $(LEARNABILITY_MAX_SEQ_LENGTH) --learning-rate $(LEARNABILITY_LEARNING_RATE) \
+	$(if $(LEARNABILITY_TRAIN_LIMIT),--train-limit $(LEARNABILITY_TRAIN_LIMIT)) \
+	$(if $(LEARNABILITY_TEST_LIMIT),--test-limit $(LEARNABILITY_TEST_LIMIT)) --overwrite
+
+reproduce-learnability:
+	@test -f "$(DIFFICULTY_DIR)/snli_human_difficulty/train.txt" || { echo "Error: set DIFFICULTY_DIR to the folder with snli_human_difficulty/ and snli_model_difficulty/"; exit 1; }
+	@mkdir -p $(OUT)/learnability
+	$(HASHEE) learnability-probe --difficulty human $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/human.csv
+	$(HASHEE) learnability-probe --difficulty model $(LEARNABILITY_OPTIONS) -o $(OUT)/learnability/model.csv

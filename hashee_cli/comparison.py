@@ -24,7 +24,7 @@ from hashee_cli.report import GROUP_COLUMNS, Skipped, collect_metrics, compariso
 
 # Columns of the per-task tables, in order; ELUE columns follow.
 TASK_COLUMNS = (
-    "series", "setting", "score", "delta_vs_full", "macs_per_example", "macs_ratio_to_full",
+    "series", "setting", "score", "delta_vs_full", "flops_per_example", "flops_ratio_to_full", "flops_source",
     "examples_per_second", "speedup_vs_full", "run",
 )
 SERIES_ORDER = ("static", "full")
@@ -75,7 +75,7 @@ def _check_references(table: pd.DataFrame, references: list[str]) -> None:
 
 def _order_rows(group: pd.DataFrame) -> pd.DataFrame:
     rank = group["series"].map(lambda name: SERIES_ORDER.index(name) if name in SERIES_ORDER else len(SERIES_ORDER))
-    return group.assign(_rank=rank).sort_values(["_rank", "series", "macs_per_example"], kind="stable").drop(columns="_rank")
+    return group.assign(_rank=rank).sort_values(["_rank", "series", "flops_per_example"], kind="stable").drop(columns="_rank")
 
 
 def build_report(paths: list[Path], references: list[str] | None = None) -> ComparisonReport:
@@ -88,8 +88,8 @@ def build_report(paths: list[Path], references: list[str] | None = None) -> Comp
     table, elue_skipped = add_elue_scores(table, references)
     skipped.extend(elue_skipped)
 
-    for index, row in table[table["macs_per_example"].isna()].iterrows():
-        skipped.append(Skipped(f"{row['task']}: {row['run']}", "has no FLOPs figure (macs_per_example); it is left out of the plot"))
+    for index, row in table[table["flops_per_example"].isna()].iterrows():
+        skipped.append(Skipped(f"{row['task']}: {row['run']}", "has no FLOPs figure (macs_per_example or a count); it is left out of the plot"))
 
     keys = list(table.groupby(list(GROUP_COLUMNS), sort=False).groups)
     task_splits = [(task, split) for task, split, _ in keys]
@@ -150,7 +150,8 @@ def overview_markdown(report: ComparisonReport) -> str:
     lines = [
         "# Comparison report",
         "",
-        f"Cost is analytic {UNIT} per example ({UNIT_NOTE}). Scores are in the metric's unit; "
+        f"Cost is {UNIT} per example ({UNIT_NOTE}): counted by fvcore (`hashee count-flops`) where "
+        "`flops_source` says counted, else the analytic estimate. Scores are in the metric's unit; "
         "`delta_vs_full` and the ELUE scores (`elue_vs_<reference>`: score minus the reference curve's score "
         "at the same cost, by linear interpolation) are in points, score x 100. "
         "`speedup_vs_full` divides measured throughputs taken in separate runs.",

@@ -88,8 +88,8 @@ def add_elue_scores(table: pd.DataFrame, references: list[str]) -> tuple[pd.Data
         for key, group in table.groupby(list(GROUP_COLUMNS), sort=False):
             where = " ".join(str(part) for part in key if part)
             rows = reference_rows(group, reference)
-            costed = rows[rows["macs_per_example"].notna()] if "macs_per_example" in rows else rows.iloc[0:0]
-            curve = ReferenceCurve.from_points(reference, costed.get("macs_per_example", []), costed.get("score", []))
+            costed = rows[rows["flops_per_example"].notna()] if "flops_per_example" in rows else rows.iloc[0:0]
+            curve = ReferenceCurve.from_points(reference, costed.get("flops_per_example", []), costed.get("score", []))
             if curve.num_points == 0:
                 skipped.append(Skipped(f"ELUE vs {reference} for {where}", f"there is no {reference} run with a FLOPs figure"))
                 continue
@@ -103,10 +103,10 @@ def add_elue_scores(table: pd.DataFrame, references: list[str]) -> tuple[pd.Data
                 continue
             outside: dict[str, list[pd.Series]] = {}
             for index, row in group.iterrows():
-                macs = row.get("macs_per_example", np.nan)
+                macs = row.get("flops_per_example", np.nan)
                 if pd.isna(macs):
                     name = f"{row['run']} [{row['setting']}]" if row.get("setting") else str(row["run"])
-                    skipped.append(Skipped(f"ELUE vs {reference}: {name}", "has no FLOPs figure (macs_per_example)"))
+                    skipped.append(Skipped(f"ELUE vs {reference}: {name}", "has no FLOPs figure (macs_per_example or a count)"))
                     continue
                 value = elue_score(row["score"], float(macs), curve)
                 if value is None:
@@ -115,7 +115,7 @@ def add_elue_scores(table: pd.DataFrame, references: list[str]) -> tuple[pd.Data
                 table.loc[index, column] = value
             # One entry per curve: an early-exit sweep often has many points beyond the reference's range.
             for series, rows in outside.items():
-                costs = [float(row["macs_per_example"]) for row in rows]
+                costs = [float(row["flops_per_example"]) for row in rows]
                 settings = ", ".join(str(row["setting"]) for row in rows[:3]) + (", ..." if len(rows) > 3 else "")
                 skipped.append(
                     Skipped(

@@ -18,6 +18,7 @@ from hashee_cli.devices import resolve_device
 from hashee_cli.flops import UNIT, EncoderDims, example_macs, head_macs
 from hashee_cli.metrics import compute_metrics
 from hashee_cli.modeling.model import Form
+from hashee_cli.provenance import version_columns
 
 
 @dataclass
@@ -106,9 +107,11 @@ def predict(
 
 
 def predicted_values(task: TaskSpec, logits: np.ndarray) -> np.ndarray:
-    """Return class ids (argmax over classes) or the regression outputs."""
+    """Return class ids (argmax over classes), 0/1 per label (multi-label) or the regression outputs."""
     if task.problem_type == "regression":
         return logits.reshape(-1)
+    if task.problem_type == "multi_label":
+        return (logits > 0).astype(np.int64)
     return logits.argmax(axis=-1)
 
 
@@ -225,6 +228,9 @@ def evaluate_checkpoint(
         "batch_size": batch_size,
         "form": form,
         "device": str(data.device),
+        "seed": seed,
+        "train_seed": data.checkpoint.settings.get("training", {}).get("seed"),
+        **version_columns(),
     }
 
     frame = pd.DataFrame(

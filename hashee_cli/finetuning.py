@@ -7,10 +7,15 @@ Methods:
   pabee       the same joint training, with the best epoch picked by the mean over all classifiers
   deebert     two stages: the ordinary model, then the internal classifiers with the rest frozen
   static      the first k layers plus a head, one model per k
+
+A run may span several processes (torchrun). Methods that train one model
+keep resumable checkpoints beside the output directory and can continue
+from the latest of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import time
@@ -28,15 +33,27 @@ from hashee_cli.checkpoint import EPOCH_METRICS_FILE, Checkpoint, build_assigner
 from hashee_cli.data.encoding import EncodedSplit, encode_split
 from hashee_cli.data.reading import DataConfig, load_split, resolve_task, subsample
 from hashee_cli.data.tasks import TaskSpec
-from hashee_cli.devices import resolve_device
-from hashee_cli.errors import HasheeError
+from hashee_cli.devices import Precision, resolve_precision
+from hashee_cli.distributed import DistributedContext, distributed_session
+from hashee_cli.errors import CheckpointError, HasheeError
 from hashee_cli.hashing.table import HashTable, load_hash_table
 from hashee_cli.modeling.model import HashEEModel, load_backbone_for_task
 from hashee_cli.modeling.multi_exit import MultiExitModel
 from hashee_cli.provenance import library_versions
-from hashee_cli.training import TrainingCallback, TrainingConfig, TrainingResult, seed_everything, train
+from hashee_cli.training import (
+    StopRequest,
+    TrainingCallback,
+    TrainingConfig,
+    TrainingResult,
+    TrainingRuntime,
+    seed_everything,
+    train,
+)
+from hashee_cli.training_checkpoints import CheckpointManager, TrainingCheckpoint, differing_settings, file_sha256
 
 METHODS = ("hashee", "full", "multi-exit", "static", "deebert", "pabee")
+# Methods that train several models in turn; they keep no resumable checkpoints.
+SEVERAL_MODEL_METHODS = ("static", "deebert")
 # A static curve is a directory with one checkpoint per depth and this manifest.
 STATIC_CURVE_FILE = "static_curve.json"
 
@@ -80,9 +97,25 @@ class FinetuneSettings:
     train_limit: int | None = None
     dev_limit: int | None = None
     device: str = "auto"
+    precision: str = "fp32"
     overwrite: bool = False
+    checkpoint_dir: str | None = None
+    save_steps: int = 0
+    save_total_limit: int = 2
+    resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The folder of resumable checkpoints: --checkpoint-dir, or ``<output-dir>.checkpoints``."""
+        if self.checkpoint_dir:
+            return Path(self.checkpoint_dir)
+        output = Path(self.output_dir)
+        if not output.name:
+            # "." or "/" has no name to extend.
+            output = output.resolve()
+        return output.with_name(output.name + ".checkpoints")
 
 
 @dataclass
@@ -95,6 +128,9 @@ class FinetuneResult:
     num_dev: int
     num_truncated: int
     seconds: float
+    precision: Precision
+    processes: int
+    is_main: bool
     members: list[dict] = field(default_factory=list)
 
 
@@ -118,6 +154,72 @@ def _check_method_options(settings: FinetuneSettings) -> HashTable | None:
     if not settings.hash_table:
         raise HasheeError("--method hashee needs --hash-table (build one with `hashee build-hash`), or use --method full")
     return load_hash_table(settings.hash_table)
+
+
+# Settings that may change when a run resumes: where it runs and how often it checkpoints.
+# Every other setting must match the original run's.
+_RESUMABLE_CHANGES = ("device", "overwrite", "checkpoint_dir", "save_steps", "save_total_limit", "resume", "output_dir")
+
+# Option names for run settings whose key does not spell the option.
+_OPTION_NAMES = {
+    "data.text_columns": "--text-column",
+    "hash_table_sha256": "--hash-table (the file's contents)",
+    "processes": "the number of processes (torchrun --nproc_per_node x nodes)",
+    "precision": "--bf16/--fp16",
+}
+
+
+def _run_settings(settings: FinetuneSettings, precision: Precision, processes: int) -> dict:
+    """Return the flat settings that fix a run's trajectory, as JSON would store them."""
+    flat = {
+        name: value
+        for name, value in vars(settings).items()
+        if name not in _RESUMABLE_CHANGES and name not in ("data", "training", "hash_table", "precision")
+    }
+    flat["hash_table_sha256"] = file_sha256(settings.hash_table) if settings.hash_table else None
+    flat["precision"] = precision.name
+    flat["processes"] = processes
+    # The test split plays no part in training.
+    flat.update({f"data.{name}": value for name, value in settings.data.to_dict().items() if name != "test_file"})
+    flat.update({f"training.{name}": value for name, value in settings.training.to_dict().items()})
+    return json.loads(json.dumps(flat))
+
+
+def _option_name(key: str) -> str:
+    return _OPTION_NAMES.get(key, "--" + key.split(".")[-1].replace("_", "-"))
+
+
+def _prepare_checkpoints(
+    settings: FinetuneSettings, manager: CheckpointManager, run_settings: dict, context: DistributedContext
+) -> TrainingCheckpoint | None:
+    """Load the checkpoint to resume from (--resume), or make sure no earlier run's checkpoints are in the way."""
+    folder = manager.directory
+    latest = manager.latest()
+    if settings.resume:
+        if latest is None:
+            raise CheckpointError(f"--resume: no checkpoint in {folder}; run without --resume to start training")
+        checkpoint = manager.load(latest)
+        differences = differing_settings(checkpoint.run_settings, run_settings)
+        if differences:
+            listed = "; ".join(f"{_option_name(key)} was {old!r}, now {new!r}" for key, old, new in differences)
+            raise HasheeError(
+                f"cannot resume from {latest}: the arguments differ from the original run's ({listed}). "
+                "Run with the original arguments, or pass --overwrite without --resume to start over"
+            )
+        manager.remove_temporaries()
+        context.barrier()
+        return checkpoint
+
+    if latest is not None:
+        if not settings.overwrite:
+            raise HasheeError(
+                f"{folder} contains checkpoints of an unfinished run (latest {latest.name}); continue it with "
+                "--resume and the same arguments, or pass --overwrite to discard them and start over"
+            )
+        manager.clear()
+    manager.remove_temporaries()
+    context.barrier()
+    return None
 
 
 @dataclass
@@ -152,13 +254,35 @@ def _prepare_data(settings: FinetuneSettings) -> _PreparedData:
     )
 
 
+@dataclass
+class _Run:
+    """Where a run trains: its processes and precision, and the resumable state of a one-model method."""
+
+    context: DistributedContext
+    precision: Precision
+    stop: StopRequest | None = None
+    manager: CheckpointManager | None = None
+    run_settings: dict = field(default_factory=dict)
+    resume_from: TrainingCheckpoint | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    def runtime(self, resumable: bool = True) -> TrainingRuntime:
+        """The training runtime; a model trained among several gets no checkpoints of its own."""
+        if not resumable:
+            return TrainingRuntime(self.context, self.precision, stop=self.stop)
+        return TrainingRuntime(self.context, self.precision, self.manager, self.run_settings, self.resume_from, self.stop)
+
+
 def _saved_settings(
     settings: FinetuneSettings,
     prepared: _PreparedData,
     num_layers: int,
     table: HashTable | None,
     result: TrainingResult,
-    device: torch.device,
+    run: _Run,
     **extra,
 ) -> dict:
     """Return the settings written to ``hashee_config.json``."""
@@ -172,10 +296,14 @@ def _saved_settings(
         "exit_layers": table.exit_layers if table else None,
         "train_limit": settings.train_limit,
         "dev_limit": settings.dev_limit,
-        "device": str(device),
+        "device": str(run.device),
+        "precision": run.precision.name,
+        "processes": run.context.world_size,
+        "resumed_from_step": result.resumed_from_step,
         "data": settings.data.to_dict(),
         "task": prepared.task.to_dict(),
         "training": settings.training.to_dict(),
+        "seed": settings.training.seed,
         "best_epoch": result.best_epoch,
         "best_dev_score": result.best_score,
         "select_metric": result.select_metric,
@@ -186,9 +314,12 @@ def _saved_settings(
     }
 
 
-def _train(model, prepared: _PreparedData, settings: FinetuneSettings, callback, dev_evaluator=None) -> TrainingResult:
+def _train(
+    model, prepared: _PreparedData, settings: FinetuneSettings, callback, run: _Run, dev_evaluator=None, resumable=True
+) -> TrainingResult:
     return train(
-        model, prepared.train, prepared.dev, prepared.task, settings.training, prepared.pad_token_id, callback, dev_evaluator
+        model, prepared.train, prepared.dev, prepared.task, settings.training, prepared.pad_token_id, callback,
+        dev_evaluator, run.runtime(resumable),
     )
 
 
@@ -199,49 +330,99 @@ def _announce(callback: TrainingCallback | None, stage: str) -> None:
         on_stage(stage)
 
 
-def finetune(settings: FinetuneSettings, callback: TrainingCallback | None = None) -> FinetuneResult:
+def _check_resumable(settings: FinetuneSettings) -> None:
+    if settings.method in SEVERAL_MODEL_METHODS and (settings.resume or settings.save_steps):
+        option = "--resume" if settings.resume else "--save-steps"
+        raise HasheeError(
+            f"{option} applies to methods that train one model; --method {settings.method} trains several in turn "
+            "and keeps no resumable checkpoints, so run it again from the start (with --overwrite)"
+        )
+
+
+def finetune(
+    settings: FinetuneSettings, callback: TrainingCallback | None = None, stop: StopRequest | None = None
+) -> FinetuneResult:
     """Load data and backbone, fine-tune, and save the best epoch as a checkpoint directory.
 
     ``--method static`` writes a directory with one checkpoint per depth;
     ``deebert`` runs its two stages; every other method trains one model.
+    Under torchrun every process runs this; only process 0 writes files.
+    ``stop`` lets a signal handler end training cleanly after the current step.
     """
     start = time.perf_counter()
     output_dir = Path(settings.output_dir)
     if output_dir.exists() and not settings.overwrite:
         raise HasheeError(f"output directory {output_dir} already exists; choose another path or pass --overwrite")
     table = _check_method_options(settings)
-    device = resolve_device(settings.device)
+    _check_resumable(settings)
     depths = _static_depths(settings) if settings.method == "static" else None
-    init_from = _load_first_stage(settings, device) if settings.init_from else None
+    with distributed_session(settings.device) as context:
+        return _finetune(settings, table, depths, context, callback, stop, start)
+
+
+def _finetune(
+    settings: FinetuneSettings,
+    table: HashTable | None,
+    depths: list[int] | None,
+    context: DistributedContext,
+    callback: TrainingCallback | None,
+    stop: StopRequest | None,
+    start: float,
+) -> FinetuneResult:
+    output_dir = Path(settings.output_dir)
+    run = _Run(context, resolve_precision(settings.precision, context.device), stop)
+    manager = None
+    if settings.method not in SEVERAL_MODEL_METHODS:
+        manager = CheckpointManager(settings.checkpoint_path, settings.save_steps, settings.save_total_limit, context.is_main)
+        run.manager = manager
+        run.run_settings = _run_settings(settings, run.precision, context.world_size)
+        run.resume_from = _prepare_checkpoints(settings, manager, run.run_settings, context)
+    init_from = _load_first_stage(settings, run.device) if settings.init_from else None
 
     prepared = _prepare_data(settings)
-    if settings.method == "static":
-        result, members = _finetune_static(settings, prepared, depths, device, callback)
+
+    def outcome(result: TrainingResult, members: list[dict] | None = None) -> FinetuneResult:
         return FinetuneResult(
             output_dir, result, len(prepared.train), len(prepared.dev), prepared.num_truncated,
-            time.perf_counter() - start, members,
+            time.perf_counter() - start, run.precision, context.world_size, context.is_main, members or [],
         )
-    if settings.method == "deebert":
-        model, result, extra = _finetune_deebert(settings, prepared, init_from, device, callback)
-    else:
-        model, result, extra = _finetune_single(settings, prepared, table, device, callback)
 
-    save_checkpoint(
-        output_dir,
-        model,
-        prepared.tokenizer,
-        _saved_settings(settings, prepared, model.num_layers, table, result, device, **extra),
-        table,
-        pd.DataFrame(result.history),
-        overwrite=settings.overwrite,
-    )
-    return FinetuneResult(
-        output_dir, result, len(prepared.train), len(prepared.dev), prepared.num_truncated, time.perf_counter() - start
-    )
+    if settings.method == "static":
+        result, members = _finetune_static(settings, prepared, depths, run, callback)
+        return outcome(result, members)
+    if settings.method == "deebert":
+        model, result, extra = _finetune_deebert(settings, prepared, init_from, run, callback)
+    else:
+        model, result, extra = _finetune_single(settings, prepared, table, run, callback)
+
+    saved = _saved_settings(settings, prepared, model.num_layers, table, result, run, **extra)
+    failure: HasheeError | None = None
+    if context.is_main:
+        try:
+            save_checkpoint(
+                output_dir, model, prepared.tokenizer, saved, table, pd.DataFrame(result.history),
+                overwrite=settings.overwrite,
+            )
+        except OSError as error:
+            kept = (
+                f"Training finished and its state is kept in {result.last_checkpoint}: free space or fix the folder, "
+                "then run the same command with --resume to write the output without training again"
+                if result.last_checkpoint else "Free space or fix the folder and run the command again"
+            )
+            failure = CheckpointError(f"cannot write {output_dir}: {error.strerror or error}. {kept}")
+        except HasheeError as error:
+            failure = error
+    if not context.all_agree(failure is None):
+        raise failure or HasheeError(f"process 0 failed to write {output_dir}; see its error message")
+    if manager is not None:
+        # The output now contains everything the checkpoints were kept for.
+        manager.clear()
+    context.barrier()
+    return outcome(result)
 
 
 def _finetune_single(
-    settings: FinetuneSettings, prepared: _PreparedData, table: HashTable | None, device: torch.device, callback
+    settings: FinetuneSettings, prepared: _PreparedData, table: HashTable | None, run: _Run, callback
 ) -> tuple[HashEEModel | MultiExitModel, TrainingResult, dict]:
     """Train one model: HashEE, full, multi-exit, or PABEE's jointly trained classifiers."""
     # Seed before the new head is initialised, or two runs start from different weights.
@@ -252,9 +433,9 @@ def _finetune_single(
         table.check_compatible(prepared.tokenizer, hf_model.config.num_hidden_layers, settings.hash_table)
         assigner = build_assigner(table, prepared.tokenizer, hf_model.config.vocab_size)
     if settings.method in ("multi-exit", "pabee"):
-        model = MultiExitModel(hf_model).to(device)
+        model = MultiExitModel(hf_model).to(run.device)
     else:
-        model = HashEEModel(hf_model, assigner).to(device)
+        model = HashEEModel(hf_model, assigner).to(run.device)
 
     dev_evaluator = None
     if settings.method == "pabee":
@@ -263,7 +444,7 @@ def _finetune_single(
             model, prepared.dev, prepared.task, settings.training.eval_batch_size, prepared.pad_token_id,
             range(1, model.num_layers + 1),
         )
-    result = _train(model, prepared, settings, callback, dev_evaluator)
+    result = _train(model, prepared, settings, callback, run, dev_evaluator)
     extra = {"loss_weights": "layer l weighted by l"} if settings.method == "pabee" else {}
     return model, result, extra
 
@@ -280,28 +461,34 @@ def _static_depths(settings: FinetuneSettings) -> list[int]:
 
 
 def _finetune_static(
-    settings: FinetuneSettings, prepared: _PreparedData, depths: list[int], device: torch.device, callback
+    settings: FinetuneSettings, prepared: _PreparedData, depths: list[int], run: _Run, callback
 ) -> tuple[TrainingResult, list[dict]]:
     """Train the first k layers plus a head for every depth k; write them into one directory at once."""
     members = []
     history = []
     result = None
-    with atomic.atomic_directory(settings.output_dir, overwrite=settings.overwrite) as staging:
+    is_main = run.context.is_main
+    staging_directory = (
+        atomic.atomic_directory(settings.output_dir, overwrite=settings.overwrite) if is_main else contextlib.nullcontext()
+    )
+    with staging_directory as staging:
         for depth in depths:
             _announce(callback, f"static, {depth} of {max(depths)} layers")
             seed_everything(settings.training.seed)
-            model = HashEEModel(load_backbone_for_task(settings.model, prepared.task, depth)).to(device)
-            result = _train(model, prepared, settings, callback)
+            model = HashEEModel(load_backbone_for_task(settings.model, prepared.task, depth)).to(run.device)
+            result = _train(model, prepared, settings, callback, run, resumable=False)
             name = static_member_name(depth)
-            saved = _saved_settings(settings, prepared, depth, None, result, device, static_curve=str(settings.output_dir))
-            member_history = pd.DataFrame(result.history)
-            save_checkpoint(staging / name, model, prepared.tokenizer, saved, None, member_history)
+            if is_main:
+                saved = _saved_settings(settings, prepared, depth, None, result, run, static_curve=str(settings.output_dir))
+                save_checkpoint(staging / name, model, prepared.tokenizer, saved, None, pd.DataFrame(result.history))
             members.append({"depth": depth, "checkpoint": name, "best_epoch": result.best_epoch, "best_dev_score": result.best_score})
             history.extend({"depth": depth, **record} for record in result.history)
             del model
 
-        manifest = {"method": "static", "model": settings.model, "task": prepared.task.name, "members": members}
-        atomic.write_text(staging / STATIC_CURVE_FILE, json.dumps(manifest, indent=2) + "\n")
+        if is_main:
+            manifest = {"method": "static", "model": settings.model, "task": prepared.task.name, "members": members}
+            atomic.write_text(staging / STATIC_CURVE_FILE, json.dumps(manifest, indent=2) + "\n")
+    run.context.barrier()
     combined = TrainingResult(result.best_epoch, result.best_score, result.select_metric, history)
     return combined, members
 
@@ -331,15 +518,15 @@ def _load_first_stage(settings: FinetuneSettings, device: torch.device) -> Check
 
 
 def _finetune_deebert(
-    settings: FinetuneSettings, prepared: _PreparedData, first_stage: Checkpoint | None, device: torch.device, callback
+    settings: FinetuneSettings, prepared: _PreparedData, first_stage: Checkpoint | None, run: _Run, callback
 ) -> tuple[MultiExitModel, TrainingResult, dict]:
     """Run DeeBERT's two stages, or only the second one on top of ``first_stage``."""
     history: list[dict] = []
     if first_stage is None:
         _announce(callback, "deebert stage 1: backbone and final classifier")
         seed_everything(settings.training.seed)
-        stage_one = HashEEModel(load_backbone_for_task(settings.model, prepared.task, settings.num_layers)).to(device)
-        first = _train(stage_one, prepared, settings, callback)
+        stage_one = HashEEModel(load_backbone_for_task(settings.model, prepared.task, settings.num_layers)).to(run.device)
+        first = _train(stage_one, prepared, settings, callback, run, resumable=False)
         history.extend({"stage": 1, **record} for record in first.history)
         hf_model = stage_one.model
         init_from = None
@@ -357,14 +544,14 @@ def _finetune_deebert(
 
     _announce(callback, "deebert stage 2: internal classifiers, backbone frozen")
     seed_everything(settings.training.seed)
-    model = MultiExitModel(hf_model).to(device)
+    model = MultiExitModel(hf_model).to(run.device)
     trainer = FrozenBackboneExits(model)
     # Only the internal classifiers change, so they alone pick the best epoch.
     dev_evaluator = exit_dev_evaluator(
         model, prepared.dev, prepared.task, settings.training.eval_batch_size, prepared.pad_token_id,
         range(1, model.num_layers),
     )
-    second = _train(trainer, prepared, settings, callback, dev_evaluator)
+    second = _train(trainer, prepared, settings, callback, run, dev_evaluator, resumable=False)
     history.extend({"stage": 2, **record} for record in second.history)
     for parameter in model.parameters():
         parameter.requires_grad_(True)

@@ -79,6 +79,14 @@ def embedding_macs(dims: EncoderDims, num_tokens):
     return num_tokens * dims.embedding_size * dims.hidden_size
 
 
+def example_layer_macs(dims: EncoderDims, exit_layers: torch.Tensor) -> torch.Tensor:
+    """Return the MACs of each layer for each example, shape (B, L), from exit layers (B, T) with 0 for padding."""
+    num_tokens = (exit_layers > 0).sum(dim=1).to(torch.float64)  # (B,)
+    depth = torch.arange(1, dims.num_layers + 1, device=exit_layers.device).view(-1, 1, 1)  # (L, 1, 1)
+    active = (exit_layers.unsqueeze(0) >= depth).sum(dim=2).to(torch.float64)  # (L, B)
+    return layer_macs(dims, num_tokens.unsqueeze(0), active).T  # (B, L)
+
+
 def example_macs(dims: EncoderDims, exit_layers: torch.Tensor) -> torch.Tensor:
     """Return the MACs of each example, shape (B,), from exit layers (B, T) with 0 for padding.
 
@@ -86,9 +94,7 @@ def example_macs(dims: EncoderDims, exit_layers: torch.Tensor) -> torch.Tensor:
     the head, as if each example ran alone (no padding).
     """
     num_tokens = (exit_layers > 0).sum(dim=1).to(torch.float64)  # (B,)
-    depth = torch.arange(1, dims.num_layers + 1, device=exit_layers.device).view(-1, 1, 1)  # (L, 1, 1)
-    active = (exit_layers.unsqueeze(0) >= depth).sum(dim=2).to(torch.float64)  # (L, B)
-    layers = layer_macs(dims, num_tokens.unsqueeze(0), active).sum(dim=0)  # (B,)
+    layers = example_layer_macs(dims, exit_layers).sum(dim=1)  # (B,)
     return embedding_macs(dims, num_tokens) + layers + head_macs(dims)
 
 

@@ -1,4 +1,4 @@
-"""Task metrics by name: accuracy, F1, Pearson and Spearman correlation."""
+"""Task metrics by name: accuracy, F1, correlations, per-instance multi-label rates and token accuracy."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 
 from hashee_cli.errors import HasheeError
+from hashee_cli.learnability.metrics import instance_gmean, instance_tnr, instance_tpr
 
 
 def _correlation(function: Callable) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -22,14 +23,26 @@ def _correlation(function: Callable) -> Callable[[np.ndarray, np.ndarray], float
     return compute
 
 
+def _token_accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
+    labelled = targets != -100
+    return float((predictions[labelled] == targets[labelled]).mean()) if labelled.any() else float("nan")
+
+
 # Each metric takes (predictions, targets): class ids for classification and
 # real values for regression. F1 treats class id 1 as the positive class.
+# The instance_* metrics take 0/1 matrices (instances, labels) of a
+# multi-label task; token_accuracy takes (sentences, positions) class ids
+# with -100 at positions that carry no label.
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda predictions, targets: float(accuracy_score(targets, predictions)),
     "f1": lambda predictions, targets: float(f1_score(targets, predictions, pos_label=1, average="binary", zero_division=0)),
     "f1_macro": lambda predictions, targets: float(f1_score(targets, predictions, average="macro", zero_division=0)),
     "pearson": _correlation(stats.pearsonr),
     "spearman": _correlation(stats.spearmanr),
+    "instance_tpr": instance_tpr,
+    "instance_tnr": instance_tnr,
+    "instance_gmean": instance_gmean,
+    "token_accuracy": _token_accuracy,
 }
 
 

@@ -42,7 +42,7 @@ def pareto_figure(group: pd.DataFrame, title: str, reference: str = "static") ->
 
     The static curve includes the full model as its deepest point.
     """
-    points = group[group["macs_per_example"].notna()].copy()
+    points = group[group["flops_per_example"].notna()].copy()
     figure = Figure(figsize=(7, 4.8), layout="constrained")
     axes = figure.add_subplot()
     series_order = sorted(points["series"].unique(), key=lambda name: (name != reference, name != "static", name))
@@ -50,15 +50,17 @@ def pareto_figure(group: pd.DataFrame, title: str, reference: str = "static") ->
         rows = points[points["series"] == series]
         if series == "static":
             rows = points[points["series"].isin(["static", "full"])]
-        rows = rows.sort_values("macs_per_example")
-        x = rows["macs_per_example"].to_numpy() / 1e6
+        rows = rows.sort_values("flops_per_example")
+        x = rows["flops_per_example"].to_numpy() / 1e6
         y = rows["score"].to_numpy() * 100
         style = dict(_style(series))
         if len(rows) == 1 and style.get("linestyle") not in (None, "none"):
             style["linestyle"] = "none"
         width = 2.2 if series == reference else 1.4
         axes.plot(x, y, label=_label(series, reference), linewidth=width, **style)
-    axes.set_xlabel(f"{UNIT} per example (millions; one multiply-add = 1)")
+    counted = "flops_source" in points and len(points) and (points["flops_source"] == "counted").all()
+    source = "counted by fvcore" if counted else "analytic"
+    axes.set_xlabel(f"{UNIT} per example, {source} (millions; one multiply-add = 1)")
     metric = str(group["main_metric"].iloc[0]) if "main_metric" in group and len(group) else "score"
     axes.set_ylabel(f"{metric} (x 100)")
     axes.set_title(title)

@@ -19,3 +19,8 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def version_columns() -> dict[str, str]:
+    """Return the library versions as flat ``<library>_version`` entries, for one-row-per-run CSV files."""
+    return {f"{name.replace('-', '_')}_version": version for name, version in library_versions().items()}

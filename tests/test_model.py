@@ -79,6 +79,43 @@ def test_gathered_handles_fully_exited_examples(tiny_model_dir, minilm_tokenizer
     torch.testing.assert_close(gathered, masked, atol=1e-4, rtol=0)
 
 
+def test_gathered_when_longest_example_exits_first(tiny_model_dir, minilm_tokenizer):
+    """Later layers read keys only up to the longest example still running; results must not change."""
+    model = HashEEModel(_classifier(tiny_model_dir("bert")))
+    batch = minilm_tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    exits = _random_exits(batch["attention_mask"], model.num_layers, seed=1)
+    longest = int(batch["attention_mask"].sum(dim=1).argmax())
+    exits[longest] = batch["attention_mask"][longest]  # the longest example leaves after layer 1
+    with torch.no_grad():
+        masked = model(**batch, exit_layers=exits, form="masked").logits
+        gathered = model(**batch, exit_layers=exits, form="gathered").logits
+    torch.testing.assert_close(gathered, masked, atol=1e-4, rtol=0)
+
+
+def test_gathered_with_left_padding(tiny_model_dir, minilm_tokenizer):
+    model = HashEEModel(_classifier(tiny_model_dir("bert")))
+    minilm_tokenizer.padding_side = "left"
+    try:
+        batch = minilm_tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    finally:
+        minilm_tokenizer.padding_side = "right"
+    assert (batch["attention_mask"][:, 0] == 0).any()
+    exits = _random_exits(batch["attention_mask"], model.num_layers, seed=2)
+    with torch.no_grad():
+        masked = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], exits, form="masked")
+        gathered = model.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], exits, form="gathered")
+    valid = batch["attention_mask"].bool()
+    torch.testing.assert_close(gathered[valid], masked[valid], atol=1e-4, rtol=0)
+
+
+def test_exit_layers_add_no_parameters(tiny_model_dir):
+    hf_model = _classifier(tiny_model_dir("bert"))
+    model = HashEEModel(hf_model)
+    assert len(model.layers) == model.num_layers
+    assert [name.removeprefix("model.") for name in model.state_dict()] == list(hf_model.state_dict())
+    assert sum(1 for _ in model.parameters()) == sum(1 for _ in hf_model.parameters())
+
+
 @pytest.mark.parametrize("form", ["masked", "gathered"])
 def test_prediction_independent_of_batch(form, tiny_model_dir, minilm_tokenizer, elue_dir):
     model_dir = tiny_model_dir("bert")

@@ -29,9 +29,11 @@ def test_minilm_hashee_pipeline(elue_dir, tmp_path):
         hashee("evaluate", tmp_path / run, "--split", "test", "--limit", "600", "-o", tmp_path / "metrics.csv")
 
     metrics = pd.read_csv(tmp_path / "metrics.csv").set_index("method")
-    # 1,000 training sentences already lift the pretrained MiniLM well above chance (50%).
-    assert metrics.loc["full", "accuracy"] > 0.65
-    assert metrics.loc["hashee", "accuracy"] > 0.65
+    # 1,000 training sentences already lift the pretrained MiniLM well above chance (50%). One epoch on so
+    # few examples varies with the seed that initialises the new head: 65-75% test accuracy for the full
+    # model over seeds 1, 7 and 42 (2 CPU cores), so the bound leaves room below that spread.
+    assert metrics.loc["full", "accuracy"] > 0.6
+    assert metrics.loc["hashee", "accuracy"] > 0.6
     assert metrics.loc["full", "mean_exit_layer"] == 6.0
     assert 4.0 <= metrics.loc["hashee", "mean_exit_layer"] < 5.0
 

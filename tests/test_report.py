@@ -106,7 +106,9 @@ def test_report_tables_plots_and_elue(fixture_csvs, tmp_path):
     assert table.loc[("hashee-freq", "exit layers 2 3 4"), "elue_vs_deebert"] == pytest.approx(7.0)
     # Full at 400 MACs lies beyond the DeeBERT curve: no score rather than an extrapolated one.
     assert np.isnan(table.loc[("full", "4 layers"), "elue_vs_deebert"])
-    assert table.loc[("hashee-freq", "exit layers 2 3 4"), "macs_ratio_to_full"] == pytest.approx(0.75)
+    assert table.loc[("hashee-freq", "exit layers 2 3 4"), "flops_ratio_to_full"] == pytest.approx(0.75)
+    # No count-flops CSV was given, so the cost axis is the analytic estimate.
+    assert set(table["flops_source"]) == {"analytic"}
     assert table.loc[("hashee-freq", "exit layers 2 3 4"), "speedup_vs_full"] == pytest.approx(400 / 300)
     assert table.loc[("static", "1 layers"), "delta_vs_full"] == pytest.approx(-40.0)
     # The static table starts with the reference curve and the full model.

@@ -1,4 +1,13 @@
 # CPU profile of `make reproduce`: sized to finish within CI's budget on 2 cores.
+# Learnability probes: three seeds, one epoch, 1,000 training pairs per seed (a tenth held
+# out for dev), 800 test pairs, 64 tokens (SNLI pairs average 28 MiniLM tokens).
+LEARNABILITY_SEEDS = 1,2,3
+LEARNABILITY_EPOCHS = 1
+LEARNABILITY_MAX_SEQ_LENGTH = 64
+LEARNABILITY_LEARNING_RATE = 1e-4
+LEARNABILITY_TRAIN_LIMIT = 1000
+LEARNABILITY_TEST_LIMIT = 800
+
 # One epoch on a seeded subset of the SST-2 training split.
 TRAIN_LIMIT = 4000
 EPOCHS = 1
@@ -7,6 +16,8 @@ LEARNING_RATE = 1e-4
 SEED = 42
 EXIT_LAYERS = 4,5,6
 AGGRESSIVE_EXIT_LAYERS = 1,2,3,4,5,6
+# count-flops traces each example alone (about 0.1 s each on one core): a 200-example subset.
+COUNT_LIMIT = 200
 
 # Baselines of reproduce-comparison: static depths (the full model is the deepest
 # point) and the DeeBERT entropy thresholds in nats (ln 2 = 0.693 is the maximum).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,11 @@ state = State()
 
 
 def fail(message: str, code: int = 1) -> None:
-    error_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # Under torchrun every process reports its errors, so the rank prefix identifies the process.
+    rank = os.environ.get("RANK", "0")
+    # The backslash keeps rich from reading "[rank 1]" as a markup tag.
+    where = f"\\[rank {rank}] " if rank not in ("", "0") else ""
+    error_console.print(f"{where}[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -184,14 +189,23 @@ class RichTrainingProgress:
     def __exit__(self, *exc_info) -> None:
         self.progress.__exit__(*exc_info)
 
-    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+    def on_train_start(self, total_steps: int, steps_per_epoch: int, first_step: int = 0) -> None:
         self.steps_per_epoch = steps_per_epoch
-        self.epoch = 1
+        # A resumed run starts part-way: at the epoch and batch after the checkpoint's step.
+        self.epoch = min(first_step // steps_per_epoch + 1, self.epochs)
+        done = first_step - (self.epoch - 1) * steps_per_epoch
+        if first_step and not state.json:
+            self.progress.console.print(f"Resuming after step {first_step} (epoch {self.epoch})", highlight=False)
         if self.task_id is not None:
             # Methods that train several models (static curves, DeeBERT's stages) reuse one bar.
-            self.progress.reset(self.task_id, total=steps_per_epoch, epoch=1, epochs=self.epochs, loss=0.0, description="train")
+            self.progress.reset(
+                self.task_id, total=steps_per_epoch, completed=done, epoch=self.epoch, epochs=self.epochs, loss=0.0,
+                description="train",
+            )
             return
-        self.task_id = self.progress.add_task("train", total=steps_per_epoch, epoch=1, epochs=self.epochs, loss=0.0)
+        self.task_id = self.progress.add_task(
+            "train", total=steps_per_epoch, completed=done, epoch=self.epoch, epochs=self.epochs, loss=0.0
+        )
 
     def on_stage(self, stage: str) -> None:
         if not state.json:
@@ -220,4 +234,6 @@ class RichTrainingProgress:
         self.epoch = record["epoch"] + 1
         if self.epoch <= self.epochs:
             # reset() replaces every field, so all of them are passed again.
-            self.progress.reset(self.task_id, total=self.steps_per_epoch, epoch=self.epoch, epochs=self.epochs, loss=0.0)
+            self.progress.reset(
+                self.task_id, total=self.steps_per_epoch, epoch=self.epoch, epochs=self.epochs, loss=0.0
+            )

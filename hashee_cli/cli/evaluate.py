@@ -36,7 +36,8 @@ def render_row(row: dict) -> Table:
     table.add_column("value", justify="right")
     skip = {"run", "checkpoint"}
     for name, value in row.items():
-        if name in skip or name.startswith("token_share_layer_"):
+        # Library versions go to the CSV for provenance; the terminal table keeps to results.
+        if name in skip or name.startswith("token_share_layer_") or name.endswith("_version"):
             continue
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     shares = " ".join(

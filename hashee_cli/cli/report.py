@@ -34,7 +34,10 @@ def render(table: pd.DataFrame, title: str = "Comparison") -> Table:
 
 @handle_errors
 def report(
-    metrics: Annotated[list[Path], typer.Argument(help="Metrics CSVs written by `hashee evaluate`.")],
+    metrics: Annotated[
+        list[Path],
+        typer.Argument(help="Metrics CSVs written by `hashee evaluate`, and FLOPs CSVs written by `hashee count-flops`."),
+    ],
     output_dir: Annotated[
         Path | None,
         typer.Option(
@@ -52,7 +55,11 @@ def report(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace report files that already exist in --output-dir.")] = False,
 ) -> None:
-    """Compare runs: score, cost, ratio to the full model, measured speed-up and ELUE score, per task."""
+    """Compare runs: score, cost, ratio to the full model, measured speed-up and ELUE score, per task.
+
+    FLOPs CSVs of `hashee count-flops` join the metrics rows of the same run; when every run of a task
+    has one, the counted cost replaces the analytic estimate on the cost axis.
+    """
     built = build_report(metrics, reference or [DEFAULT_REFERENCE])
     files = write_report(built, output_dir, overwrite) if output_dir is not None else []
 

@@ -37,13 +37,19 @@ class EncodedSplit:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def select(self, indices: list[int]) -> EncodedSplit:
+        """Return the examples at ``indices``; ``split`` still refers to the whole source split."""
+        token_type_ids = [self.token_type_ids[i] for i in indices] if self.token_type_ids is not None else None
+        labels = self.labels[indices] if self.labels is not None else None
+        return EncodedSplit(self.split, [self.input_ids[i] for i in indices], token_type_ids, labels, 0)
+
 
 def label_tensor(split: Split, task: TaskSpec) -> torch.Tensor | None:
-    """Map label strings to class ids (int64), or regression targets to float32."""
+    """Map label strings to class ids (int64), or regression targets and 0/1 label matrices to float32."""
     if split.labels is None:
         return None
-    if task.problem_type == "regression":
-        return torch.tensor(split.labels, dtype=torch.float32)
+    if task.problem_type in ("regression", "multi_label"):
+        return torch.tensor(np.asarray(split.labels, dtype=np.float32))
     index = {label: position for position, label in enumerate(task.labels)}
     ids = []
     for row, label in enumerate(split.labels):
@@ -119,6 +125,21 @@ def training_batches(lengths: list[int], batch_size: int, generator: torch.Gener
         raise HasheeError(f"--batch-size must be at least 1 (got {batch_size})")
     order = get_length_grouped_indices(lengths, batch_size, generator=generator)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def shard_batch(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """Return one process's share of a global batch: every ``world_size``-th example from position ``rank``.
+
+    Every process draws the same global batches, so together the processes
+    train on exactly the batches that one process would. Striding (rather
+    than cutting the batch in blocks) gives each process examples of similar
+    lengths, because a length-grouped batch is sorted by length. Samplers
+    that shard a dataset per process (torch's DistributedSampler, transformers'
+    DistributedLengthGroupedSampler) repeat examples to even out the shards,
+    and the latter groups lengths by the per-process batch size, so their
+    batches differ from a one-process run's.
+    """
+    return indices[rank::world_size]
 
 
 def evaluation_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -26,7 +26,7 @@ SUPPORTED_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl", ".json", ".parquet")
 
 @dataclass
 class DataConfig:
-    """Where a task's splits come from; saved with every checkpoint.
+    """Data settings of a run: the task and the source of each split, saved with every checkpoint.
 
     Exactly one source applies per split, in this order: an explicit file for
     that split, the ELUE layout ``<data_dir>/<task>/<file>``, or a hub data set.
@@ -69,9 +69,10 @@ class DataConfig:
 class Split:
     """The labelled examples of one split.
 
-    ``texts`` holds one list per text field. ``labels`` holds label strings for
-    classification and floats for regression. ``line_numbers[i]`` is where
-    example ``i`` sits in its source, for error messages.
+    ``texts`` contains one list per text field. ``labels`` contains label
+    strings for classification and floats for regression.
+    ``line_numbers[i]`` is the line (or row) of example ``i`` in its source,
+    for error messages.
     """
 
     name: str
@@ -123,6 +124,12 @@ def _read_local(path: Path) -> tuple[pd.DataFrame, int, str]:
     except (OSError, ValueError) as error:
         raise DataError(f"cannot read data file {path}: {error}") from error
     raise DataError(f"data file {path} has an unsupported suffix {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
+def read_columns(path: str | Path) -> list[str]:
+    """Return the column names of a local data file, with the same checks as ``load_split``."""
+    frame, _, _ = _read_local(Path(path).expanduser())
+    return [str(column).strip() for column in frame.columns]
 
 
 def _read_json_lines(path: Path) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from typing import Literal
 
 from hashee_cli.errors import HasheeError
 
-ProblemType = Literal["classification", "regression"]
+# "multi_label" predicts one 0/1 per label name (independent sigmoid outputs).
+ProblemType = Literal["classification", "regression", "multi_label"]
 
 # ELUE file names for each split; "test_full.tsv" is ELUE's labelled test split.
 ELUE_SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -35,12 +36,12 @@ SPLITS = ("train", "dev", "test")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What a task reads and how it is scored.
+    """A task's columns, labels and metrics.
 
-    ``text_columns`` has one entry per text field (one for single sentences,
-    two for pairs); each entry lists the column names accepted for it, first
-    match wins. ``labels`` is the ordered label set of a classification task,
-    or None when it is taken from the training split.
+    ``text_columns`` has one entry per text field: one for single sentences,
+    two for pairs. Each entry lists the column names accepted for that field,
+    and the first match wins. ``labels`` is the ordered label set of a
+    classification task, or None when it is taken from the training split.
     """
 
     name: str

@@ -48,9 +48,9 @@ def layer_statistics(
 ) -> dict:
     """Return the share of tokens and of token types per exit layer over ``input_ids``.
 
-    Token shares count every token the model sees, special tokens included
-    (they exit at the last layer), so their mean equals the mean exit layer
-    that evaluation reports on the same text. Type shares count the distinct
+    Token shares count every token of the model's input, special tokens
+    included (they exit at the last layer), so their mean equals the mean
+    exit layer that evaluation reports on the same text. Type shares count the distinct
     non-special types; a random-inconsistent table has none.
     """
     assigner = ExitAssigner(table, tokenizer.all_special_ids, max(len(tokenizer), table.tokenizer["vocab_size"]))

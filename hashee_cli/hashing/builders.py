@@ -80,7 +80,7 @@ def token_label_mutual_information(
     """Return, for every vocabulary id, the mutual information (nats) between "the token occurs" and the label.
 
     Computed for all ids at once from an (examples x vocabulary) binary
-    occurrence matrix. ``labels`` holds class ids 0..C-1. Ids that never
+    occurrence matrix. ``labels`` contains class ids 0..C-1. Ids that never
     occur get 0.
     """
     num_examples = len(input_ids)

@@ -15,7 +15,7 @@ from hashee_cli.data.tasks import TaskSpec
 from hashee_cli.errors import HasheeError, ModelNotFoundError
 from hashee_cli.hashing.assign import ExitAssigner
 from hashee_cli.modeling.architectures import Architecture, architecture_for
-from hashee_cli.modeling.exit_layers import full_layer, gathered_layer, masked_layer, plan_layers
+from hashee_cli.modeling.exit_layers import ExitLayer, plan_layers
 
 Form = Literal["auto", "masked", "gathered", "dense"]
 
@@ -52,6 +52,7 @@ class HashEEModel(nn.Module):
         self.assigner = assigner
         self.architecture: Architecture = architecture_for(model.config.model_type)
         self.layer_parts = [self.architecture.layer_parts(layer) for layer in self.architecture.layers(model)]
+        self.layers = nn.ModuleList([ExitLayer(parts) for parts in self.layer_parts])
         if assigner is not None and assigner.num_layers != self.num_layers:
             raise HasheeError(
                 f"the hash table is for {assigner.num_layers} layers but the model has {self.num_layers}"
@@ -91,24 +92,26 @@ class HashEEModel(nn.Module):
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), True where a key may be read
 
         if form == "dense":
-            for parts in self.layer_parts:
-                hidden_states = full_layer(parts, hidden_states, key_mask)
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, key_mask)
         elif form == "masked":
-            for depth, parts in enumerate(self.layer_parts, start=1):
-                hidden_states = masked_layer(parts, hidden_states, key_mask, exit_layers >= depth)
+            for depth, layer in enumerate(self.layers, start=1):
+                hidden_states = layer(hidden_states, key_mask, exit_layers >= depth)  # (B, T) active tokens
         elif form == "gathered":
-            for parts, plan in zip(self.layer_parts, plan_layers(exit_layers, self.num_layers)):
-                hidden_states = gathered_layer(parts, hidden_states, key_mask, plan)
+            for layer, plan in zip(self.layers, plan_layers(exit_layers, self.num_layers)):
+                hidden_states = layer(hidden_states, key_mask, plan)
         else:
             raise HasheeError(f"unknown forward form {form!r}; use auto, masked, gathered or dense")
         return hidden_states
 
-    def resolve_form(self, form: Form) -> Form:
+    def resolve_form(self, form: Form, training: bool | None = None) -> Form:
+        """Return the form that ``auto`` stands for in the current mode, or in ``training`` mode when given."""
         if form != "auto":
             return form
         if self.assigner is None:
             return "dense"
-        return "masked" if self.training else "gathered"
+        training = self.training if training is None else training
+        return "masked" if training else "gathered"
 
     def forward(
         self,
@@ -146,7 +149,8 @@ def load_backbone_for_task(model_name: str, task: TaskSpec, num_layers: int | No
     if task.problem_type == "regression":
         config_kwargs["problem_type"] = "regression"
     else:
-        config_kwargs["problem_type"] = "single_label_classification"
+        single = task.problem_type == "classification"
+        config_kwargs["problem_type"] = "single_label_classification" if single else "multi_label_classification"
         config_kwargs["id2label"] = dict(enumerate(task.labels))
         config_kwargs["label2id"] = {label: index for index, label in enumerate(task.labels)}
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hashee_cli.modeling.architectures import Architecture, architecture_for
-from hashee_cli.modeling.exit_layers import full_layer
+from hashee_cli.modeling.exit_layers import ExitLayer
 
 EXIT_HEADS_FILE = "exit_heads.safetensors"
 
@@ -53,6 +53,7 @@ class MultiExitModel(nn.Module):
         self.model = model
         self.architecture: Architecture = architecture_for(model.config.model_type)
         self.layer_parts = [self.architecture.layer_parts(layer) for layer in self.architecture.layers(model)]
+        self.layers = nn.ModuleList([ExitLayer(parts) for parts in self.layer_parts])
         config = model.config
         hidden_size = getattr(config, "hidden_size", None) or config.dim
         dropout = getattr(config, "hidden_dropout_prob", None) or getattr(config, "dropout", 0.1)
@@ -91,8 +92,8 @@ class MultiExitModel(nn.Module):
         hidden_states = self.architecture.embed(self.model, input_ids, token_type_ids)  # (B, T, D)
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         all_logits = []
-        for layer, parts in enumerate(self.layer_parts, start=1):
-            hidden_states = full_layer(parts, hidden_states, key_mask)
+        for layer, exit_layer in enumerate(self.layers, start=1):
+            hidden_states = exit_layer(hidden_states, key_mask)
             all_logits.append(self.layer_logits(layer, hidden_states))
         stacked = torch.stack(all_logits)  # (L, B, C) or (L, B)
 

@@ -1,0 +1,185 @@
+"""`hashee count-flops`: count the cost of each example with fvcore and the analytic model, and write a CSV row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from hashee_cli import atomic
+from hashee_cli.cli.common import (
+    DataDirOption,
+    DeviceOption,
+    HubConfigOption,
+    HubDatasetOption,
+    LabelColumnOption,
+    ProblemTypeOption,
+    SeedOption,
+    TestFileOption,
+    TextColumnOption,
+    TrainFileOption,
+    emit_json,
+    error_console,
+    handle_errors,
+    info,
+    print_table,
+    state,
+)
+from hashee_cli.counting import CountResult, CountSettings, count_flops as run_count
+from hashee_cli.errors import HasheeError
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def render_summary(row: dict) -> Table:
+    unit = row["flops_unit"]
+    table = Table(title=f"{row['run']}: {row['task']} {row['split']}, {row['form']} form ({unit} per example)", title_justify="left")
+    table.add_column("measure")
+    table.add_column("fvcore", justify="right")
+    table.add_column("analytic", justify="right")
+    table.add_row("mean", _number(row["counted_flops_mean"]), _number(row["analytic_flops_mean"]))
+    table.add_row("median", _number(row["counted_flops_median"]), _number(row["analytic_flops_median"]))
+    table.add_row("full model (mean)", "", _number(row["full_model_flops_mean"]))
+    table.caption = (
+        f"{row['num_examples']:,} examples; fvcore vs analytic {row['counted_vs_analytic']:+.2%}; "
+        f"{row['counted_ratio_to_full']:.1%} of the full model's cost. "
+        + ("MACs: one multiply-add counts once, as in fvcore." if unit == "MACs" else "FLOPs: twice fvcore's MACs.")
+    )
+    return table
+
+
+def render_layers(row: dict) -> Table:
+    unit = row["flops_unit"]
+    table = Table(title=f"Per layer ({unit} per example, mean)", title_justify="left")
+    table.add_column("layer", justify="right")
+    table.add_column("fvcore", justify="right")
+    table.add_column("analytic", justify="right")
+    for layer in range(1, row["num_layers"] + 1):
+        table.add_row(str(layer), _number(row[f"counted_flops_layer_{layer}"]), _number(row[f"analytic_flops_layer_{layer}"]))
+    table.add_row("embeddings, heads", _number(row["counted_flops_other"]), _number(row["analytic_flops_other"]))
+    return table
+
+
+def _count_with_progress(settings: CountSettings) -> CountResult:
+    progress = Progress(
+        TextColumn("[bold]counting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=error_console,
+        transient=True,
+        disable=state.json,
+    )
+    task_id = None
+
+    def on_example(done: int) -> None:
+        nonlocal task_id
+        if task_id is None:
+            task_id = progress.add_task("count", total=None)
+        progress.update(task_id, completed=done)
+
+    with progress:
+        return run_count(settings, on_example)
+
+
+@handle_errors
+def count_flops(
+    output: Annotated[Path, typer.Option("--output", "-o", help="FLOPs CSV; the row is appended if it exists.")],
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="Checkpoint directory written by `hashee finetune`; omit it to count a backbone.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Backbone to count without a checkpoint (default minilm-l6).")
+    ] = None,
+    hash_table: Annotated[
+        Path | None, typer.Option(help="Hash table for a backbone without a checkpoint; implies --method hashee.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Without a checkpoint: hashee (with --hash-table), full or multi-exit.")
+    ] = None,
+    num_layers: Annotated[int | None, typer.Option(help="Without a checkpoint: use only the first k layers.")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Run name in the CSV without a checkpoint (default: the hash table's file name, or the method).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Task without a checkpoint (default SST-2).")] = None,
+    split: Annotated[str, typer.Option(help="Split to count: train, dev or test.")] = "test",
+    data_dir: DataDirOption = None,
+    train_file: TrainFileOption = None,
+    dev_file: Annotated[Path | None, typer.Option(help="Dev file, overriding the one saved in the checkpoint.")] = None,
+    test_file: TestFileOption = None,
+    text_column: TextColumnOption = None,
+    label_column: LabelColumnOption = None,
+    problem_type: ProblemTypeOption = "classification",
+    hub_dataset: HubDatasetOption = None,
+    hub_config: HubConfigOption = None,
+    max_seq_length: Annotated[
+        int | None, typer.Option(help="Maximum tokens per example (default: the checkpoint's setting, or 128).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Count a seeded random subset of this many examples.")] = None,
+    seed: SeedOption = 42,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the forward pass that finds the exit layers.")] = 64,
+    form: Annotated[
+        str, typer.Option(help="Forward form: auto (gathered for HashEE, dense for full), gathered, masked or dense.")
+    ] = "auto",
+    unit: Annotated[str, typer.Option(help="macs (fvcore's unit: one multiply-add is one) or flops (twice as many).")] = "macs",
+    examples: Annotated[Path | None, typer.Option(help="Also write the per-example counts to this TSV file.")] = None,
+    device: DeviceOption = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace the CSV instead of appending to it.")] = False,
+) -> None:
+    """Count FLOPs per example with fvcore on the forward pass that `evaluate` runs, next to the analytic estimate."""
+    if examples is not None and examples.exists() and not overwrite:
+        raise HasheeError(f"{examples} already exists; choose another --examples path or pass --overwrite")
+
+    data_options = {
+        "task": task,
+        "data_dir": str(data_dir) if data_dir else None,
+        "train_file": str(train_file) if train_file else None,
+        "dev_file": str(dev_file) if dev_file else None,
+        "test_file": str(test_file) if test_file else None,
+        "text_columns": list(text_column) if text_column else None,
+        "label_column": label_column,
+        "problem_type": problem_type if problem_type != "classification" else None,
+        "hub_dataset": hub_dataset,
+        "hub_config": hub_config,
+        "max_seq_length": max_seq_length,
+    }
+    settings = CountSettings(
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        model=model,
+        method=method,
+        hash_table=str(hash_table) if hash_table else None,
+        num_layers=num_layers,
+        run=run,
+        data_options={name: value for name, value in data_options.items() if value is not None},
+        split=split,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        form=form,
+        unit=unit,
+        device=device,
+    )
+    result = _count_with_progress(settings)
+
+    row = pd.DataFrame([result.row])
+    if overwrite or not output.exists():
+        atomic.write_csv(output, row)
+    else:
+        atomic.append_csv_rows(output, row)
+    if examples is not None:
+        atomic.write_csv(examples, result.examples, sep="\t")
+
+    if state.json:
+        emit_json(result.row)
+        return
+    print_table(render_summary(result.row))
+    print_table(render_layers(result.row))
+    uncounted = result.row["uncounted_ops"] or "none"
+    info(f"Operators left uncounted: {uncounted}")
+    info(f"Wrote {output}" + (f" and {examples}" if examples else ""))
