@@ -31,6 +31,7 @@ from hashee_cli.metrics import compute_metrics
 from hashee_cli.modeling.early_exit import EarlyExitModel, EarlyExitOutput, replay_exits
 from hashee_cli.modeling.exit_rules import DEFAULT_TOLERANCE, ExitRule, build_rules
 from hashee_cli.modeling.multi_exit import MultiExitModel
+from hashee_cli.provenance import version_columns
 
 # The exit rule that each early-exit method uses unless told otherwise.
 METHOD_RULES = {"deebert": "entropy", "pabee": "patience"}
@@ -220,6 +221,40 @@ def _setting_row(result: SettingResult, record: LayerRecord, task: TaskSpec, tar
     }
 
 
+def sweep_rules(
+    model,
+    task: TaskSpec,
+    method: str,
+    checkpoint_dir: str,
+    exit_rule: str | None = None,
+    thresholds: list[float] | None = None,
+    patience: list[int] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> list[ExitRule]:
+    """Return the exit rules to sweep on a checkpoint's model; the rule defaults to the method's."""
+    if not isinstance(model, MultiExitModel):
+        raise HasheeError(
+            f"checkpoint {checkpoint_dir} ({method}) has no internal classifiers; early exit needs a model "
+            "trained with --method deebert, pabee or multi-exit"
+        )
+    rule_name = exit_rule or METHOD_RULES.get(method)
+    if rule_name is None:
+        raise HasheeError(f"checkpoint {checkpoint_dir} was trained with --method {method}; pass --exit-rule entropy or patience")
+    regression = task.problem_type == "regression"
+    rules = build_rules(
+        rule_name,
+        model.num_layers,
+        1 if regression else task.num_labels,
+        regression,
+        thresholds=thresholds,
+        patience=patience,
+        tolerance=tolerance,
+    )
+    if not rules:
+        raise HasheeError(f"a {model.num_layers}-layer model has no internal classifier to exit at; nothing to sweep")
+    return rules
+
+
 def evaluate_sweep(
     checkpoint_dir: str,
     split: str = "test",
@@ -241,35 +276,18 @@ def evaluate_sweep(
     """
     data = load_evaluation_data(checkpoint_dir, split, data_overrides, device, limit, seed)
     model = data.checkpoint.model
-    method = data.checkpoint.method
-    if not isinstance(model, MultiExitModel):
-        raise HasheeError(
-            f"checkpoint {checkpoint_dir} ({method}) has no internal classifiers; early exit needs a model "
-            "trained with --method deebert, pabee or multi-exit"
-        )
-    rule_name = exit_rule or METHOD_RULES.get(method)
-    if rule_name is None:
-        raise HasheeError(f"checkpoint {checkpoint_dir} was trained with --method {method}; pass --exit-rule entropy or patience")
     task = data.task
-    regression = task.problem_type == "regression"
-    rules = build_rules(
-        rule_name,
-        model.num_layers,
-        1 if regression else task.num_labels,
-        regression,
-        thresholds=thresholds,
-        patience=patience,
-        tolerance=tolerance,
-    )
-    if not rules:
-        raise HasheeError(f"a {model.num_layers}-layer model has no internal classifier to exit at; nothing to sweep")
+    rules = sweep_rules(model, task, data.checkpoint.method, checkpoint_dir, exit_rule, thresholds, patience, tolerance)
 
     record, results = sweep_exit_rules(model, rules, data.encoded, task, batch_size, data.pad_token_id, online)
     base = run_columns(data, checkpoint_dir)
     targets = data.encoded.labels
     rows, frames, exits_nothing = [], [], []
     for result in results:
-        row = {**base, **_setting_row(result, record, task, targets), "batch_size": batch_size, "device": str(data.device)}
+        row = {
+            **base, **_setting_row(result, record, task, targets), "batch_size": batch_size, "device": str(data.device),
+            "seed": seed, "train_seed": data.checkpoint.settings.get("training", {}).get("seed"), **version_columns(),
+        }
         rows.append(row)
         if row["exited_early_share"] == 0:
             exits_nothing.append(result.rule.setting)

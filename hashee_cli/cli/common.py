@@ -99,6 +99,19 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
     return values
 
 
+def parse_float_list(text: str | None, option: str) -> list[float] | None:
+    """Parse "0.1,0.2" or "0.1 0.2" into numbers, naming the option on a bad value."""
+    if text is None or not text.strip():
+        return None
+    values = []
+    for part in text.replace(",", " ").split():
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise HasheeError(f"{option} takes numbers separated by commas, not {part!r}") from None
+    return values
+
+
 # Option aliases shared by the commands.
 ModelOption = Annotated[
     str,

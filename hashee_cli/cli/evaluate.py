@@ -19,6 +19,7 @@ from hashee_cli.cli.common import (
     emit_json,
     handle_errors,
     info,
+    parse_float_list,
     parse_int_list,
     print_table,
     state,
@@ -45,19 +46,6 @@ def render_row(row: dict) -> Table:
     )
     table.add_row("tokens per exit layer", shares)
     return table
-
-
-def parse_float_list(text: str | None, option: str) -> list[float] | None:
-    """Parse "0.1,0.2" or "0.1 0.2" into numbers, naming the option on a bad value."""
-    if text is None or not text.strip():
-        return None
-    values = []
-    for part in text.replace(",", " ").split():
-        try:
-            values.append(float(part))
-        except ValueError:
-            raise HasheeError(f"{option} takes numbers separated by commas, not {part!r}") from None
-    return values
 
 
 def render_sweep(rows: list[dict]) -> Table:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hashee_cli.modeling.exit_layers import full_layer
 from hashee_cli.modeling.exit_rules import ExitRule
 from hashee_cli.modeling.multi_exit import MultiExitModel
 
@@ -71,9 +70,10 @@ class EarlyExitModel(nn.Module):
         logits_out: torch.Tensor | None = None
         state = self.rule.start(batch_size, device)
 
-        for layer, parts in enumerate(model.layer_parts, start=1):
+        # The layer modules, not their parts, so that traces and hooks see one call per layer.
+        for layer, exit_layer in enumerate(model.layers, start=1):
             key_mask = token_mask[:, None, None, :]  # (R, 1, 1, T)
-            hidden_states = full_layer(parts, hidden_states, key_mask)
+            hidden_states = exit_layer(hidden_states, key_mask)
             logits = model.layer_logits(layer, hidden_states)  # (R, C) or (R,)
             if logits_out is None:
                 logits_out = logits.new_zeros((batch_size, *logits.shape[1:]))
