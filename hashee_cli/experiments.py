@@ -55,6 +55,8 @@ class EvaluationSection:
     limit: int | None = None
     batch_size: int = 64
     early_exit: bool = True
+    # fvcore counts per run on a seeded subset of this many examples (each is traced alone); none without it.
+    count_limit: int | None = None
 
 
 @dataclass
@@ -181,6 +183,10 @@ def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
     _check_type(training.learning_rate, (int, float), f"{source}: training.learning_rate")
     evaluation = _section(EvaluationSection, data.get("evaluation"), f"{source}: evaluation")
     _check_type(evaluation.early_exit, bool, f"{source}: evaluation.early_exit")
+    if evaluation.count_limit is not None:
+        _check_type(evaluation.count_limit, int, f"{source}: evaluation.count_limit")
+        if evaluation.count_limit < 1:
+            raise HasheeError(f"{source}: evaluation.count_limit must be at least 1 (got {evaluation.count_limit})")
     report = _section(ReportSection, data.get("report"), f"{source}: report")
 
     methods_data = data["methods"]
@@ -405,6 +411,15 @@ def plan_experiment(
                 evaluate.append("--early-exit")
             steps.append(Step(task_name, f"evaluate {name}", evaluate, [output], [folder / name], always=overwrite))
             metrics.append(output)
+            if evaluation.count_limit is not None:
+                counts = folder / f"flops-{name}.csv"
+                # The same settings as the sweep, so that every metrics row gets its count.
+                sweep = [item for option in ("--thresholds", "--patience", "--tolerance") if option in evaluate
+                         for item in evaluate[evaluate.index(option):evaluate.index(option) + 2]]
+                count = ["count-flops", str(folder / name), "--split", evaluation.split, "--limit", str(evaluation.count_limit),
+                         *sweep, "-o", str(counts), "--overwrite"]
+                steps.append(Step(task_name, f"count {name}", count, [counts], [folder / name], always=overwrite))
+                metrics.append(counts)
 
     references = [reference for reference in config.report.references if reference in _curves(config)]
     report = ["report", *map(str, metrics), *(item for reference in references for item in ("--reference", reference)),

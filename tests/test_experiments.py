@@ -91,7 +91,7 @@ def test_config_runs_end_to_end_and_resumes(tiny_model_dir, elue_dir, tmp_path):
                 "output_dir": str(output),
                 "model": str(tiny_model_dir("bert")),
                 "training": {"epochs": 1, "batch_size": 16, "train_limit": 64, "dev_limit": 32},
-                "evaluation": {"limit": 40},
+                "evaluation": {"limit": 40, "count_limit": 8},
                 "tasks": {"SST-2": {}},
                 "methods": {"full": {}, "hashee": [{"hash": "freq", "exit_layers": [2, 4]}]},
             }
@@ -101,6 +101,8 @@ def test_config_runs_end_to_end_and_resumes(tiny_model_dir, elue_dir, tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(output / "report" / "SST-2-test.csv")
     assert set(table["series"]) == {"full", "hashee-freq"}
+    # Every run was counted, so the cost axis is fvcore's count.
+    assert set(table["flops_source"]) == {"counted"}
     assert (output / "report" / "SST-2-test-pareto.svg").is_file()
     assert (output / "experiment.yaml").is_file()
 
@@ -108,7 +110,7 @@ def test_config_runs_end_to_end_and_resumes(tiny_model_dir, elue_dir, tmp_path):
     result = runner.invoke(app, ["experiment", str(config), "--data-dir", str(elue_dir), "--dry-run"])
     assert result.exit_code == 0, result.output
     statuses = [line.split("]")[0].strip("[") for line in result.output.splitlines() if line.startswith("[")]
-    assert statuses == ["done"] * 5 + ["to run"]
+    assert statuses == ["done"] * 7 + ["to run"]
 
     # Results of one config are not mixed with another's.
     changed = yaml.safe_load(config.read_text())
@@ -117,6 +119,18 @@ def test_config_runs_end_to_end_and_resumes(tiny_model_dir, elue_dir, tmp_path):
     result = runner.invoke(app, ["experiment", str(config), "--data-dir", str(elue_dir)])
     assert result.exit_code == 1
     assert "contains results of a different config" in result.output
+
+
+def test_plan_counts_every_setting_of_the_sweep():
+    config = parse_config(_config(evaluation={"count_limit": 50}, methods={"full": {}, "deebert": {"thresholds": [0.1, 0.2]}}))
+    steps = {step.name: step for step in plan_experiment(config)}
+    count = steps["count deebert"].argv
+    assert count[:2] == ["count-flops", "runs/x/SST-2/deebert"]
+    assert count[count.index("--thresholds") + 1] == "0.1,0.2"
+    assert count[count.index("--limit") + 1] == "50"
+    assert "runs/x/SST-2/flops-deebert.csv" in steps["report"].argv
+    with pytest.raises(HasheeError, match="count_limit must be at least 1"):
+        parse_config(_config(evaluation={"count_limit": 0}))
 
 
 def test_plan_runs_a_selection():
