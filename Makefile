@@ -20,9 +20,9 @@ VENV ?= .venv
 PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 HASHEE ?= $(PYTHON) -m hashee_cli
 
-TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
-	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
-	--seed $(SEED) --overwrite
+TRAIN_COMMON = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
+	--learning-rate $(LEARNING_RATE) --seed $(SEED) --overwrite
+TRAIN_OPTIONS = $(TRAIN_COMMON) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT))
 
 .PHONY: install test reproduce reproduce-sst2 reproduce-sst2-flops reproduce-comparison reproduce-learnability \
 	experiment benchmark check-data
@@ -69,7 +69,8 @@ reproduce-sst2-flops: reproduce-sst2
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2 --overwrite
 
-# SST-2 against the baselines, on the budget of reproduce-sst2: the static
+# SST-2 against the baselines, on the budget of reproduce-sst2 (the CPU profile
+# trains the static curve and PABEE on fewer examples): the static
 # curve (its deepest point is the full model trained above), DeeBERT (its
 # second stage on top of that full model), PABEE (joint training). Each
 # early-exit sweep records every layer once and replays every setting, then
@@ -78,10 +79,12 @@ reproduce-sst2-flops: reproduce-sst2
 # DeeBERT and PABEE, every setting of the sweep), so the plot's cost axis is
 # the fvcore count for every method. The report has a table and a Pareto plot
 # with ELUE scores against each baseline curve.
+BASELINE_LIMIT = $(or $(BASELINE_TRAIN_LIMIT),$(TRAIN_LIMIT))
+BASELINE_TRAIN_OPTIONS = $(TRAIN_COMMON) $(if $(BASELINE_LIMIT),--train-limit $(BASELINE_LIMIT))
 reproduce-comparison: reproduce-sst2-flops
-	$(HASHEE) finetune --method static --depths $(STATIC_DEPTHS) $(TRAIN_OPTIONS) -o $(OUT)/sst2/static
+	$(HASHEE) finetune --method static --depths $(STATIC_DEPTHS) $(BASELINE_TRAIN_OPTIONS) -o $(OUT)/sst2/static
 	$(HASHEE) finetune --method deebert --init-from $(OUT)/sst2/full $(TRAIN_OPTIONS) -o $(OUT)/sst2/deebert
-	$(HASHEE) finetune --method pabee $(TRAIN_OPTIONS) -o $(OUT)/sst2/pabee
+	$(HASHEE) finetune --method pabee $(BASELINE_TRAIN_OPTIONS) -o $(OUT)/sst2/pabee
 	$(HASHEE) evaluate $(OUT)/sst2/static --split test -o $(OUT)/sst2/metrics-static.csv --overwrite
 	$(HASHEE) evaluate $(OUT)/sst2/deebert --split test --thresholds $(DEEBERT_THRESHOLDS) --early-exit \
 		-o $(OUT)/sst2/metrics-deebert.csv --overwrite

@@ -9,7 +9,7 @@ reads it. The exit layer of each example at each setting is replayed from
 every layer's recorded logits, and the example's cost at that setting is the
 counted cost of the embeddings plus layers and classifiers 1..e. That is
 exactly the work of the real early-exit forward, which runs the same layer
-modules and stops after layer e; tests check the two against each other.
+modules and stops after layer e. Tests check the two against each other.
 Tracing the early-exit forward itself would undercount: a trace keeps only
 work that reaches its outputs, and an internal classifier's logits only
 steer the exit decision, so most classifiers would drop out of the count.

@@ -404,12 +404,12 @@ def _finetune(
                 overwrite=settings.overwrite,
             )
         except OSError as error:
-            kept = (
+            advice = (
                 f"Training finished and its state is kept in {result.last_checkpoint}: free space or fix the folder, "
                 "then run the same command with --resume to write the output without training again"
                 if result.last_checkpoint else "Free space or fix the folder and run the command again"
             )
-            failure = CheckpointError(f"cannot write {output_dir}: {error.strerror or error}. {kept}")
+            failure = CheckpointError(f"cannot write {output_dir}: {error.strerror or error}. {advice}")
         except HasheeError as error:
             failure = error
     if not context.all_agree(failure is None):

@@ -323,6 +323,7 @@ def comparison_table(metrics: pd.DataFrame) -> pd.DataFrame:
                     "main_metric": row["main_metric"],
                     "delta_vs_full": 100 * (row["score"] - full_score),
                     "mean_exit_layer": row.get("mean_exit_layer", np.nan),
+                    "exited_early_share": row.get("exited_early_share", np.nan),
                     "macs_per_example": macs,
                     "macs_ratio_to_full": macs / full_macs,
                     **_counted_columns(row, full_counted),
@@ -377,6 +378,11 @@ def group_notes(table: pd.DataFrame) -> list[str]:
                 notes.append(
                     f"{where}: {len(missing)} of {len(group)} rows have no `hashee count-flops` figure ({runs}); "
                     "the cost axis uses the analytic estimate for every row"
+                )
+        if "exited_early_share" in group:
+            for _, row in group[group["exited_early_share"] == 0].iterrows():
+                notes.append(
+                    f"{where}: {row['run']} at {row['setting']} exits no example early; every example ran all layers"
                 )
         sizes = sorted(group["num_examples"].dropna().astype(int).unique())
         if len(sizes) > 1:

@@ -65,9 +65,9 @@ def test_replayed_cost_equals_count_of_real_early_exit(runs):
         def forward(batch, runner_model=runner_model):
             ran_heads.clear()
             output = runner_model(**batch)
-            kept = sum(logits.sum() for logits in ran_heads) * 0
+            classifier_sum = sum(logits.sum() for logits in ran_heads) * 0
             # Every token of an example leaves with it: (B,) -> (B, T).
-            return output.logits + kept, batch["attention_mask"].long() * output.exit_layers[:, None]
+            return output.logits + classifier_sum, batch["attention_mask"].long() * output.exit_layers[:, None]
 
         real = CountingTarget(
             model, forward, dense_target.analytic_layers, dense_target.analytic_other, dense_target.layer_modules, "early exit"

@@ -128,6 +128,20 @@ def test_report_tables_plots_and_elue(fixture_csvs, tmp_path):
     assert "the runs come from 2 tasks (SST-2, MRPC)" in overview
 
 
+def test_report_names_a_setting_that_exits_nothing(fixture_csvs, tmp_path):
+    sweep = tmp_path / "sweep.csv"
+    rows = [
+        _row("pabee", "pabee", macs, score, setting=f"patience={patience}", patience=patience, num_layers=4, exited_early_share=share)
+        for patience, macs, score, share in ((1, 250, 0.8, 0.7), (3, 440, 0.9, 0.0))
+    ]
+    pd.DataFrame(rows).to_csv(sweep, index=False)
+    result = invoke("report", fixture_csvs["static.csv"], fixture_csvs["full.csv"], sweep, "-o", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    overview = (tmp_path / "report" / "report.md").read_text()
+    assert "pabee at patience=3 exits no example early; every example ran all layers" in overview
+    assert "pabee at patience=1 exits no example" not in overview
+
+
 def test_report_skips_unusable_files(fixture_csvs, tmp_path):
     wrong = tmp_path / "predictions.csv"
     pd.DataFrame({"line": [1, 2], "prediction": [0, 1]}).to_csv(wrong, index=False)

@@ -72,7 +72,7 @@ def render_layers(row: dict) -> Table:
 
 
 def render_settings(rows: list[dict]) -> Table:
-    """One line per static depth or early-exit setting: counted and analytic cost, ratio to the full model."""
+    """Render one line per static depth or early-exit setting: counted and analytic cost, ratio to the full model."""
     unit = rows[0]["flops_unit"]
     table = Table(title=f"{unit} per example by setting (fvcore: one multiply-add = 1 MAC)", title_justify="left")
     for name in ("run", "setting", "counted", "analytic", "ratio to full"):

@@ -57,7 +57,7 @@ def report(
 ) -> None:
     """Compare runs: score, cost, ratio to the full model, measured speed-up and ELUE score, per task.
 
-    FLOPs CSVs of `hashee count-flops` join the metrics rows of the same run; when every run of a task
+    FLOPs CSVs of `hashee count-flops` join the metrics rows of the same run. When every run of a task
     has one, the counted cost replaces the analytic estimate on the cost axis.
     """
     built = build_report(metrics, reference or [DEFAULT_REFERENCE])
