@@ -327,6 +327,7 @@ def plan_experiment(
     """
     _check_selection(tasks, list(config.tasks), "task")
     _check_selection(methods, config.methods.names(), "method")
+    selected_methods = list(methods or [])
     root = Path(config.output_dir)
     steps: list[Step] = []
     metrics: list[Path] = []
@@ -422,6 +423,11 @@ def plan_experiment(
                 metrics.append(counts)
 
     references = [reference for reference in config.report.references if reference in _curves(config)]
+    if selected_methods:
+        # A curve of a method left out of the selection has no rows to compare against.
+        hash_curves = {f"hashee-{setting.hash}" for setting in config.methods.hashee if setting.name in selected_methods}
+        chosen_curves = {"static", *selected_methods} | hash_curves
+        references = [reference for reference in references if reference in chosen_curves]
     report = ["report", *map(str, metrics), *(item for reference in references for item in ("--reference", reference)),
               "-o", str(root / "report"), "--overwrite"]
     steps.append(Step("all", "report", report, [root / "report" / "report.md"], always=True))

@@ -139,6 +139,11 @@ def test_plan_runs_a_selection():
     # DeeBERT's first stage is the full model, so its steps come along.
     assert [step.name for step in steps] == ["finetune full", "finetune deebert", "evaluate full", "evaluate deebert", "report"]
     assert {step.task for step in steps[:-1]} == {"MRPC"}
+    with_pabee = parse_config(_config(methods={"full": {}, "pabee": {}}, report={"references": ["static", "pabee"]}))
+    report = plan_experiment(with_pabee, methods=["full"])[-1].argv
+    # PABEE was left out of the selection, so the report does not compare against its curve.
+    assert report[report.index("--reference") + 1] == "static"
+    assert report.count("--reference") == 1
     with pytest.raises(HasheeError) as error:
         plan_experiment(config, methods=["pabe"])
     assert "--method 'pabe' is not in the config" in str(error.value)
