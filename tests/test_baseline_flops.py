@@ -136,8 +136,8 @@ def test_count_without_a_row_to_join_is_listed(runs, tmp_path):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--patience", "0"], "patience"),
-        (["--thresholds", "-0.1"], "threshold"),
+        (["--patience", "0"], "patience 0 is invalid"),
+        (["--exit-rule", "entropy", "--thresholds", "-0.1"], "entropy threshold -0.1 is invalid"),
         (["--thresholds", "0.2"], "--thresholds applies to the entropy rule"),
     ],
 )
