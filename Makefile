@@ -4,6 +4,7 @@
 #   make test                     run the test suite
 #   make reproduce                the paper pipeline, CPU-sized profile
 #   make reproduce PROFILE=gpu    the same pipeline on full data (GPU)
+#   make experiment CONFIG=...    one experiment config end to end (experiments/*.yaml)
 #   make benchmark                time HashEE against the full model (benchmarks/README.md)
 #
 # Data comes from DATA_DIR (ELUE layout); it defaults to ../shared/data/elue
@@ -19,11 +20,12 @@ VENV ?= .venv
 PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 HASHEE ?= $(PYTHON) -m hashee_cli
 
-TRAIN_OPTIONS = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
-	--learning-rate $(LEARNING_RATE) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT)) \
-	--seed $(SEED) --overwrite
+TRAIN_COMMON = --data-dir $(DATA_DIR) --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) \
+	--learning-rate $(LEARNING_RATE) --seed $(SEED) --overwrite
+TRAIN_OPTIONS = $(TRAIN_COMMON) $(if $(TRAIN_LIMIT),--train-limit $(TRAIN_LIMIT))
 
-.PHONY: install test reproduce reproduce-sst2 reproduce-sst2-flops benchmark check-data
+.PHONY: install test reproduce reproduce-sst2 reproduce-sst2-flops reproduce-comparison reproduce-learnability \
+	experiment benchmark check-data
 
 install:
 	python3 -m venv $(VENV)
@@ -37,7 +39,7 @@ check-data:
 	@test -n "$(DATA_DIR)" || { echo "Error: set DATA_DIR to a folder in the ELUE layout (<dir>/SST-2/train.tsv ...)"; exit 1; }
 	@test -f "$(DATA_DIR)/SST-2/train.tsv" || { echo "Error: $(DATA_DIR)/SST-2/train.tsv not found; set DATA_DIR to an ELUE-layout folder"; exit 1; }
 
-reproduce: reproduce-sst2 reproduce-sst2-flops reproduce-learnability reproduce-dialogsum
+reproduce: reproduce-sst2 reproduce-sst2-flops reproduce-comparison reproduce-learnability reproduce-dialogsum
 
 # SST-2: a frequency hash, HashEE at the profile's exit layers and at one
 # exit per layer (the aggressive setting), and the full model on the same
@@ -55,7 +57,7 @@ reproduce-sst2: check-data
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq --split test -o $(OUT)/sst2/metrics-hashee-freq.csv --overwrite
 	$(HASHEE) evaluate $(OUT)/sst2/hashee-freq-aggressive --split test -o $(OUT)/sst2/metrics-hashee-freq-aggressive.csv --overwrite
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
-		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv -o $(OUT)/sst2 --overwrite
 
 # fvcore counts of the three SST-2 models on a seeded subset of the test split
 # (each example is traced alone), then the comparison again with the counts.
@@ -65,7 +67,41 @@ reproduce-sst2-flops: reproduce-sst2
 	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
 	$(HASHEE) count-flops $(OUT)/sst2/hashee-freq-aggressive $(COUNT_OPTIONS) -o $(OUT)/sst2/flops.csv
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
-		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2
+		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2 --overwrite
+
+# SST-2 against the baselines, on the budget of reproduce-sst2 (the CPU profile
+# trains the static curve and PABEE on fewer examples): the static
+# curve (its deepest point is the full model trained above), DeeBERT (its
+# second stage on top of that full model), PABEE (joint training). Each
+# early-exit sweep records every layer once and replays every setting, then
+# runs the real per-example early exit to measure its speed. count-flops
+# counts the baselines on the subset reproduce-sst2-flops counted (for
+# DeeBERT and PABEE, every setting of the sweep), so the plot's cost axis is
+# the fvcore count for every method. The report has a table and a Pareto plot
+# with ELUE scores against each baseline curve.
+BASELINE_LIMIT = $(or $(BASELINE_TRAIN_LIMIT),$(TRAIN_LIMIT))
+BASELINE_TRAIN_OPTIONS = $(TRAIN_COMMON) $(if $(BASELINE_LIMIT),--train-limit $(BASELINE_LIMIT))
+reproduce-comparison: reproduce-sst2-flops
+	$(HASHEE) finetune --method static --depths $(STATIC_DEPTHS) $(BASELINE_TRAIN_OPTIONS) -o $(OUT)/sst2/static
+	$(HASHEE) finetune --method deebert --init-from $(OUT)/sst2/full $(TRAIN_OPTIONS) -o $(OUT)/sst2/deebert
+	$(HASHEE) finetune --method pabee $(BASELINE_TRAIN_OPTIONS) -o $(OUT)/sst2/pabee
+	$(HASHEE) evaluate $(OUT)/sst2/static --split test -o $(OUT)/sst2/metrics-static.csv --overwrite
+	$(HASHEE) evaluate $(OUT)/sst2/deebert --split test --thresholds $(DEEBERT_THRESHOLDS) --early-exit \
+		-o $(OUT)/sst2/metrics-deebert.csv --overwrite
+	$(HASHEE) evaluate $(OUT)/sst2/pabee --split test --early-exit -o $(OUT)/sst2/metrics-pabee.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/static $(COUNT_OPTIONS) -o $(OUT)/sst2/flops-baselines.csv --overwrite
+	$(HASHEE) count-flops $(OUT)/sst2/deebert $(COUNT_OPTIONS) --thresholds $(DEEBERT_THRESHOLDS) -o $(OUT)/sst2/flops-baselines.csv
+	$(HASHEE) count-flops $(OUT)/sst2/pabee $(COUNT_OPTIONS) -o $(OUT)/sst2/flops-baselines.csv
+	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-static.csv $(OUT)/sst2/metrics-deebert.csv \
+		$(OUT)/sst2/metrics-pabee.csv $(OUT)/sst2/metrics-hashee-freq.csv $(OUT)/sst2/metrics-hashee-freq-aggressive.csv \
+		$(OUT)/sst2/flops.csv $(OUT)/sst2/flops-baselines.csv \
+		--reference static --reference deebert --reference pabee -o $(OUT)/sst2/comparison --overwrite
+
+# One experiment config end to end, reusing finished steps when run again:
+#   make experiment CONFIG=experiments/comparison-cpu.yaml
+CONFIG ?= experiments/comparison-cpu.yaml
+experiment:
+	$(HASHEE) experiment $(CONFIG) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 # Wall-clock speed-up against the FLOPs ratio; writes benchmarks/results.* and
 # the results section of benchmarks/README.md. Not part of reproduce.
@@ -82,7 +118,6 @@ LEARNABILITY_OPTIONS = --data-dir $(DIFFICULTY_DIR) --seeds $(LEARNABILITY_SEEDS
 	$(if $(LEARNABILITY_TRAIN_LIMIT),--train-limit $(LEARNABILITY_TRAIN_LIMIT)) \
 	$(if $(LEARNABILITY_TEST_LIMIT),--test-limit $(LEARNABILITY_TEST_LIMIT)) --overwrite
 
-.PHONY: reproduce-learnability
 reproduce-learnability:
 	@test -f "$(DIFFICULTY_DIR)/snli_human_difficulty/train.txt" || { echo "Error: set DIFFICULTY_DIR to the folder with snli_human_difficulty/ and snli_model_difficulty/"; exit 1; }
 	@mkdir -p $(OUT)/learnability

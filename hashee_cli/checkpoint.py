@@ -36,6 +36,8 @@ HASH_TABLE_FILE = "hash_table.json"
 EPOCH_METRICS_FILE = "epoch_metrics.csv"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
+# Methods whose checkpoints carry internal classifiers in EXIT_HEADS_FILE.
+MULTI_EXIT_METHODS = ("multi-exit", "deebert", "pabee")
 
 
 @dataclass
@@ -105,7 +107,7 @@ def check_checkpoint_files(path: Path) -> dict:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({error}); re-run `hashee finetune`") from error
     if settings.get("hash_table") and not (path / HASH_TABLE_FILE).is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {HASH_TABLE_FILE} missing for a HashEE model")
-    if settings.get("method") == "multi-exit" and not (path / EXIT_HEADS_FILE).is_file():
+    if settings.get("method") in MULTI_EXIT_METHODS and not (path / EXIT_HEADS_FILE).is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {EXIT_HEADS_FILE} missing for a multi-exit model")
     return settings
 
@@ -136,7 +138,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
             raise CheckpointError(str(error)) from error
         assigner = build_assigner(table, tokenizer, hf_model.config.vocab_size)
 
-    if settings.get("method") == "multi-exit":
+    if settings.get("method") in MULTI_EXIT_METHODS:
         model = MultiExitModel(hf_model)
         try:
             model.exit_heads.load_state_dict(load_file(path / EXIT_HEADS_FILE))

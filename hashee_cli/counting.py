@@ -177,27 +177,41 @@ def _uncounted_text(counts: FlopCounts) -> str:
     return "; ".join(f"{op} ({examples} examples)" for op, examples in sorted(counts.uncounted_ops.items()))
 
 
-def count_flops(settings: CountSettings, on_example=None) -> CountResult:
-    """Count the cost of every example of a split, with fvcore and with the analytic model."""
+@dataclass
+class PreparedCount:
+    """A loaded model and the encoded split to count it on, with the unit to report in."""
+
+    loaded: LoadedModel
+    split: object
+    encoded: object
+    unit: str
+    scale: int
+    device: object
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.loaded.tokenizer.pad_token_id or 0
+
+
+def prepare_count(settings: CountSettings) -> PreparedCount:
+    """Check the options, load the model and encode the split to count."""
     unit, scale = _check_options(settings)
-    if settings.checkpoint is not None and is_summarization_checkpoint(settings.checkpoint):
-        _check_checkpoint_options(settings)
-        return count_summarizer(settings, unit, scale, on_example)
-    if settings.checkpoint is None and DataConfig.from_dict(settings.data_options).task_spec().problem_type == "summarization":
-        # NOTE: summarisation is counted on checkpoints only, because a bare backbone has no generation settings.
-        raise HasheeError("count-flops counts summarisation on a checkpoint; fine-tune one with `hashee finetune` and pass it")
     device = resolve_device(settings.device)
     if settings.checkpoint is not None:
         loaded = _load_from_checkpoint(settings, device)
     else:
         loaded = _load_backbone(settings, device)
-
     split = subsample(load_split(loaded.data, loaded.task, settings.split, require_labels=False), settings.limit, settings.seed)
     encoded = encode_split(split, loaded.task, loaded.tokenizer, loaded.data.max_seq_length)
-    target = model_target(loaded.model, settings.form)
-    pad_token_id = loaded.tokenizer.pad_token_id or 0
-    counts = count_split(target, encoded, pad_token_id, settings.batch_size, on_example)
+    return PreparedCount(loaded, split, encoded, unit, scale, device)
 
+
+def count_row(prepared: PreparedCount, settings: CountSettings, counts: FlopCounts, form: str, extra: dict | None = None) -> CountResult:
+    """Build the CSV row and the per-example table of ``counts`` (in MACs), in the unit of ``prepared``.
+
+    ``extra`` columns (the setting of an early-exit sweep) follow the key columns.
+    """
+    loaded, scale, unit = prepared.loaded, prepared.scale, prepared.unit
     counted, analytic = counts.counted * scale, counts.analytic * scale
     counted_layers, analytic_layers = counts.counted_layers * scale, counts.analytic_layers * scale
     full_model = counts.full_model * scale
@@ -206,10 +220,11 @@ def count_flops(settings: CountSettings, on_example=None) -> CountResult:
         "checkpoint": loaded.columns["checkpoint"],
         "task": loaded.task.name,
         "split": settings.split,
+        **(extra or {}),
         **{name: value for name, value in loaded.columns.items() if name not in ("run", "checkpoint")},
-        "form": target.form,
+        "form": form,
         "num_examples": counts.num_examples,
-        "num_truncated": encoded.num_truncated,
+        "num_truncated": prepared.encoded.num_truncated,
         "flops_unit": unit,
         "counted_flops_mean": float(counted.mean()),
         "counted_flops_median": float(np.median(counted)),
@@ -227,11 +242,12 @@ def count_flops(settings: CountSettings, on_example=None) -> CountResult:
         "limit": settings.limit if settings.limit is not None else "",
         "seed": settings.seed,
         "max_seq_length": loaded.data.max_seq_length,
-        "device": str(device),
+        "device": str(prepared.device),
     }
     examples = pd.DataFrame(
         {
-            "line": split.line_numbers,
+            "line": prepared.split.line_numbers,
+            **(extra or {}),
             "num_tokens": counts.num_tokens,
             "counted_flops": counted,
             "analytic_flops": analytic,
@@ -240,3 +256,18 @@ def count_flops(settings: CountSettings, on_example=None) -> CountResult:
         }
     )
     return CountResult(row, examples, counts)
+
+
+def count_flops(settings: CountSettings, on_example=None) -> CountResult:
+    """Count the cost of every example of a split, with fvcore and with the analytic model."""
+    if settings.checkpoint is not None and is_summarization_checkpoint(settings.checkpoint):
+        unit, scale = _check_options(settings)
+        _check_checkpoint_options(settings)
+        return count_summarizer(settings, unit, scale, on_example)
+    if settings.checkpoint is None and DataConfig.from_dict(settings.data_options).task_spec().problem_type == "summarization":
+        # NOTE: summarisation is counted on checkpoints only, because a bare backbone has no generation settings.
+        raise HasheeError("count-flops counts summarisation on a checkpoint; fine-tune one with `hashee finetune` and pass it")
+    prepared = prepare_count(settings)
+    target = model_target(prepared.loaded.model, settings.form)
+    counts = count_split(target, prepared.encoded, prepared.pad_token_id, settings.batch_size, on_example)
+    return count_row(prepared, settings, counts, target.form)

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hashee_cli.checkpoint import load_checkpoint
+from hashee_cli.checkpoint import Checkpoint, load_checkpoint
 from hashee_cli.data.encoding import EncodedSplit, collate, encode_split, evaluation_batches
-from hashee_cli.data.reading import DataConfig, load_split, subsample
+from hashee_cli.data.reading import DataConfig, Split, load_split, subsample
 from hashee_cli.data.tasks import TaskSpec
 from hashee_cli.devices import resolve_device
 from hashee_cli.flops import UNIT, EncoderDims, example_macs, head_macs
@@ -128,6 +128,73 @@ class EvaluationResult:
     predictions: pd.DataFrame
 
 
+@dataclass
+class EvaluationData:
+    """A checkpoint and the encoded split it is evaluated on."""
+
+    checkpoint: Checkpoint
+    split: str
+    loaded: Split
+    encoded: EncodedSplit
+    device: torch.device
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.checkpoint.task
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.checkpoint.tokenizer.pad_token_id or 0
+
+
+def load_evaluation_data(
+    checkpoint_dir: str,
+    split: str = "test",
+    data_overrides: dict | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+    seed: int = 42,
+) -> EvaluationData:
+    """Load a checkpoint and tokenise the split it is evaluated on.
+
+    ``data_overrides`` replaces fields of the data settings saved in the
+    checkpoint (for example a different ``data_dir`` on another machine).
+    """
+    target = resolve_device(device)
+    checkpoint = load_checkpoint(checkpoint_dir, target)
+    data = DataConfig.from_dict({**checkpoint.settings.get("data", {}), **(data_overrides or {})})
+    loaded = subsample(load_split(data, checkpoint.task, split), limit, seed)
+    encoded = encode_split(loaded, checkpoint.task, checkpoint.tokenizer, data.max_seq_length)
+    return EvaluationData(checkpoint, split, loaded, encoded, target)
+
+
+def run_columns(data: EvaluationData, checkpoint_dir: str) -> dict:
+    """Return the leading columns of a metrics row: which run, task, method, model and split."""
+    checkpoint = data.checkpoint
+    table = checkpoint.hash_table
+    return {
+        "run": Path(checkpoint_dir).name,
+        "checkpoint": str(checkpoint_dir),
+        "task": data.task.name,
+        "method": checkpoint.method,
+        "hash_method": table.method if table else "",
+        "exit_layers": " ".join(map(str, table.exit_layers)) if table else "",
+        "num_layers": checkpoint.model.num_layers,
+        "model": checkpoint.settings.get("model", ""),
+        "split": data.split,
+        "num_examples": len(data.encoded),
+        "num_truncated": data.encoded.num_truncated,
+    }
+
+
+def prediction_labels(task: TaskSpec, logits: np.ndarray) -> list:
+    """Return label strings for classification, or the regression outputs as floats."""
+    values = predicted_values(task, logits)
+    if task.problem_type == "classification":
+        return [task.labels[int(value)] for value in values]
+    return values.tolist()
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str,
     split: str = "test",
@@ -143,31 +210,13 @@ def evaluate_checkpoint(
     ``data_overrides`` replaces fields of the data settings saved in the
     checkpoint (for example a different ``data_dir`` on another machine).
     """
-    target = resolve_device(device)
-    checkpoint = load_checkpoint(checkpoint_dir, target)
-    data = DataConfig.from_dict({**checkpoint.settings.get("data", {}), **(data_overrides or {})})
-    task = checkpoint.task
-
-    loaded = subsample(load_split(data, task, split), limit, seed)
-    encoded = encode_split(loaded, task, checkpoint.tokenizer, data.max_seq_length)
-    pad_token_id = checkpoint.tokenizer.pad_token_id or 0
-    predictions = predict(checkpoint.model, encoded, batch_size, pad_token_id, form)
+    data = load_evaluation_data(checkpoint_dir, split, data_overrides, device, limit, seed)
+    task, encoded, loaded = data.task, data.encoded, data.loaded
+    predictions = predict(data.checkpoint.model, encoded, batch_size, data.pad_token_id, form)
 
     metrics = score(task, predictions, encoded.labels) if encoded.labels is not None else {}
-    settings = checkpoint.settings
-    table = checkpoint.hash_table
     row = {
-        "run": Path(checkpoint_dir).name,
-        "checkpoint": str(checkpoint_dir),
-        "task": task.name,
-        "method": checkpoint.method,
-        "hash_method": table.method if table else "",
-        "exit_layers": " ".join(map(str, table.exit_layers)) if table else "",
-        "num_layers": checkpoint.model.num_layers,
-        "model": settings.get("model", ""),
-        "split": split,
-        "num_examples": predictions.num_examples,
-        "num_truncated": encoded.num_truncated,
+        **run_columns(data, checkpoint_dir),
         **metrics,
         "main_metric": task.main_metric,
         "score": metrics.get(task.main_metric, float("nan")),
@@ -178,21 +227,16 @@ def evaluate_checkpoint(
         "examples_per_second": predictions.num_examples / max(predictions.seconds, 1e-9),
         "batch_size": batch_size,
         "form": form,
-        "device": str(target),
+        "device": str(data.device),
         "seed": seed,
-        "train_seed": settings.get("training", {}).get("seed"),
+        "train_seed": data.checkpoint.settings.get("training", {}).get("seed"),
         **version_columns(),
     }
 
-    values = predicted_values(task, predictions.logits)
-    if task.problem_type == "classification":
-        predicted = [task.labels[int(value)] for value in values]
-    else:
-        predicted = values.tolist()
     frame = pd.DataFrame(
         {
             "line": loaded.line_numbers,
-            "prediction": predicted,
+            "prediction": prediction_labels(task, predictions.logits),
             "mean_exit_layer": predictions.example_exit_means,
             "macs": predictions.example_macs,
         }

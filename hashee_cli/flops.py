@@ -101,3 +101,18 @@ def example_macs(dims: EncoderDims, exit_layers: torch.Tensor) -> torch.Tensor:
 def full_model_macs(dims: EncoderDims, num_tokens: int) -> int:
     """Return the MACs of the full model on one example of ``num_tokens`` tokens."""
     return int(embedding_macs(dims, num_tokens) + dims.num_layers * layer_macs(dims, num_tokens, num_tokens) + head_macs(dims))
+
+
+def early_exit_macs(dims: EncoderDims, num_tokens: torch.Tensor, exit_layers: torch.Tensor) -> torch.Tensor:
+    """Return the MACs of sentence-level early exit per example, shape (B,).
+
+    ``num_tokens`` (B,) counts each example's non-padding tokens and
+    ``exit_layers`` (B,) is the layer it left after. An example runs layers
+    1..e on all its tokens and evaluates the classifier after each of them,
+    e classifiers in all: the internal ones of layers 1..e (the last layer's
+    is the model's own head), each costing ``head_macs``. The entropy and
+    agreement checks are element-wise and not counted.
+    """
+    tokens = num_tokens.to(torch.float64)
+    layers = exit_layers.to(torch.float64)
+    return embedding_macs(dims, tokens) + layers * (layer_macs(dims, tokens, tokens) + head_macs(dims))

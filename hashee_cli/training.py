@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -80,6 +81,10 @@ class TrainingCallback(Protocol):
     def on_evaluate_start(self, epoch: int) -> None: ...
 
     def on_epoch_end(self, record: dict) -> None: ...
+
+
+# Scores a model on the dev split: returns (metrics by name, mean exit layer).
+DevEvaluator = Callable[[torch.nn.Module], tuple[dict[str, float], float]]
 
 
 class SilentCallback:
@@ -236,8 +241,10 @@ class _Trainer:
         callback: TrainingCallback,
         runtime: TrainingRuntime,
         select_metric: str,
+        dev_evaluator: DevEvaluator | None = None,
     ):
         self.model = model
+        self.dev_evaluator = dev_evaluator
         self.train_split = train_split
         self.dev_split = dev_split
         self.task = task
@@ -359,16 +366,21 @@ class _Trainer:
 
         self.callback.on_evaluate_start(epoch)
         with self.precision.autocast(self.device):
-            predictions = predict_distributed(
-                self.model, self.dev_split, self.config.eval_batch_size, self.pad_token_id, self.context
-            )
-        metrics = score(self.task, predictions, self.dev_split.labels)
+            if self.dev_evaluator is None:
+                predictions = predict_distributed(
+                    self.model, self.dev_split, self.config.eval_batch_size, self.pad_token_id, self.context
+                )
+                metrics = score(self.task, predictions, self.dev_split.labels)
+                mean_exit_layer = predictions.mean_exit_layer
+            else:
+                # Every process scores the whole dev split itself, so all of them pick the same best epoch.
+                metrics, mean_exit_layer = self.dev_evaluator(self.model)
         record = {
             "epoch": epoch,
             "step": self.loop.step,
             "train_loss": self.loop.loss_sum / self.steps_per_epoch,
             **{f"dev_{name}": value for name, value in metrics.items()},
-            "dev_mean_exit_layer": predictions.mean_exit_layer,
+            "dev_mean_exit_layer": mean_exit_layer,
             "seconds": time.perf_counter() - epoch_start,
         }
         self.loop.history.append(record)
@@ -489,6 +501,7 @@ def train(
     config: TrainingConfig,
     pad_token_id: int,
     callback: TrainingCallback | None = None,
+    dev_evaluator: DevEvaluator | None = None,
     runtime: TrainingRuntime | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` on ``train_split`` and load the weights of the best epoch on ``dev_split``.
@@ -498,6 +511,8 @@ def train(
 
     HashEE models train in the masked form, so dropout and gradients behave
     as in the ordinary model; dev evaluation uses the gathered form.
+    ``dev_evaluator`` replaces the dev scoring of the model's final logits,
+    for models whose trained part is not the last layer's classifier.
 
     ``runtime`` sets processes, precision, checkpoints, resume and stop
     requests; without it the run is one float32 process without checkpoints.
@@ -512,5 +527,8 @@ def train(
     rank = runtime.distributed.rank if runtime.distributed else 0
     # Each process gets its own dropout stream; process 0's matches a one-process run.
     seed_everything(config.seed + rank)
-    trainer = _Trainer(model, train_split, dev_split, task, config, pad_token_id, callback or SilentCallback(), runtime, select_metric)
+    trainer = _Trainer(
+        model, train_split, dev_split, task, config, pad_token_id, callback or SilentCallback(), runtime, select_metric,
+        dev_evaluator,
+    )
     return trainer.run()

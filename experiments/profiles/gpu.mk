@@ -30,3 +30,9 @@ SUMM_MAX_SOURCE_LENGTH = 512
 SUMM_MAX_TARGET_LENGTH = 64
 SUMM_EXIT_LAYERS = 4,5,6
 SUMM_NUM_BEAMS = 4
+
+# Baselines of reproduce-comparison (see cpu.mk).
+STATIC_DEPTHS = 1,2,3,4,5
+# Empty: the baselines train on the same examples as HashEE.
+BASELINE_TRAIN_LIMIT =
+DEEBERT_THRESHOLDS = 0,0.005,0.01,0.02,0.03,0.05,0.07,0.1,0.15,0.2,0.3,0.45,0.6,0.69

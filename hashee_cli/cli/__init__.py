@@ -9,6 +9,7 @@ import typer
 
 from hashee_cli import __version__
 from hashee_cli.cli import build_hash, count_flops, evaluate, finetune, learnability, report
+from hashee_cli.cli import experiment
 from hashee_cli.cli.common import state
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
 app.command("count-flops")(count_flops.count_flops)
+app.command("experiment")(experiment.experiment)
 app.command("learnability-probe")(learnability.learnability_probe)
 app.command("build-difficulty-labels")(learnability.build_difficulty_labels)
 

@@ -99,6 +99,19 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
     return values
 
 
+def parse_float_list(text: str | None, option: str) -> list[float] | None:
+    """Parse "0.1,0.2" or "0.1 0.2" into numbers, naming the option on a bad value."""
+    if text is None or not text.strip():
+        return None
+    values = []
+    for part in text.replace(",", " ").split():
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise HasheeError(f"{option} takes numbers separated by commas, not {part!r}") from None
+    return values
+
+
 # Option aliases shared by the commands.
 ModelOption = Annotated[
     str,
@@ -204,9 +217,20 @@ class RichTrainingProgress:
         done = first_step - (self.epoch - 1) * steps_per_epoch
         if first_step and not state.json:
             self.progress.console.print(f"Resuming after step {first_step} (epoch {self.epoch})", highlight=False)
+        if self.task_id is not None:
+            # Methods that train several models (static curves, DeeBERT's stages) reuse one bar.
+            self.progress.reset(
+                self.task_id, total=steps_per_epoch, completed=done, epoch=self.epoch, epochs=self.epochs, loss=0.0,
+                description="train",
+            )
+            return
         self.task_id = self.progress.add_task(
             "train", total=steps_per_epoch, completed=done, epoch=self.epoch, epochs=self.epochs, loss=0.0
         )
+
+    def on_stage(self, stage: str) -> None:
+        if not state.json:
+            self.progress.console.print(f"[bold]{stage}[/]", highlight=False)
 
     def on_step(self, step: int, loss: float, learning_rate: float) -> None:
         self.progress.update(self.task_id, advance=1, loss=loss)
@@ -215,8 +239,11 @@ class RichTrainingProgress:
         self.progress.update(self.task_id, description="dev")
 
     def on_epoch_end(self, record: dict) -> None:
+        # Per-layer scores of multi-exit models stay in epoch_metrics.csv; the line shows the summary.
         metrics = "  ".join(
-            f"{name[4:]} {value:.4f}" for name, value in record.items() if name.startswith("dev_") and isinstance(value, float)
+            f"{name[4:]} {value:.4f}"
+            for name, value in record.items()
+            if name.startswith("dev_") and "_layer_" not in name and isinstance(value, float)
         )
         marker = "  [green](best so far)[/]" if record.get("best") else ""
         if not state.json:
@@ -227,6 +254,7 @@ class RichTrainingProgress:
             )
         self.epoch = record["epoch"] + 1
         if self.epoch <= self.epochs:
+            # reset() replaces every field, so all of them are passed again.
             self.progress.reset(
                 self.task_id, total=self.steps_per_epoch, epoch=self.epoch, epochs=self.epochs, loss=0.0
             )

@@ -8,6 +8,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from hashee_cli import atomic
@@ -25,11 +26,15 @@ from hashee_cli.cli.common import (
     emit_json,
     error_console,
     handle_errors,
+    parse_float_list,
+    parse_int_list,
     info,
     print_table,
     state,
 )
-from hashee_cli.counting import CountResult, CountSettings, count_flops as run_count
+from hashee_cli.counting import CountResult, CountSettings
+from hashee_cli.exit_counting import SweepOptions, count_runs
+from hashee_cli.modeling.exit_rules import DEFAULT_TOLERANCE
 from hashee_cli.errors import HasheeError
 
 
@@ -78,7 +83,22 @@ def render_generation(row: dict) -> Table:
     return table
 
 
-def _count_with_progress(settings: CountSettings) -> CountResult:
+def render_settings(rows: list[dict]) -> Table:
+    """Render one line per static depth or early-exit setting: counted and analytic cost, ratio to the full model."""
+    unit = rows[0]["flops_unit"]
+    table = Table(title=f"{unit} per example by setting (fvcore: one multiply-add = 1 MAC)", title_justify="left")
+    for name in ("run", "setting", "counted", "analytic", "ratio to full"):
+        table.add_column(name, justify="left" if name in ("run", "setting") else "right")
+    for row in rows:
+        setting = row.get("setting") or f"{row['num_layers']} layers"
+        table.add_row(
+            escape(str(row["run"])), escape(str(setting)), _number(row["counted_flops_mean"]),
+            _number(row["analytic_flops_mean"]), f"{row['counted_ratio_to_full']:.3f}",
+        )
+    return table
+
+
+def _count_with_progress(settings: CountSettings, options: SweepOptions) -> list[CountResult]:
     progress = Progress(
         TextColumn("[bold]counting"),
         BarColumn(),
@@ -97,7 +117,7 @@ def _count_with_progress(settings: CountSettings) -> CountResult:
         progress.update(task_id, completed=done)
 
     with progress:
-        return run_count(settings, on_example)
+        return count_runs(settings, options, on_example)
 
 
 @handle_errors
@@ -140,11 +160,29 @@ def count_flops(
         str, typer.Option(help="Forward form: auto (gathered for HashEE, dense for full), gathered, masked or dense.")
     ] = "auto",
     unit: Annotated[str, typer.Option(help="macs (fvcore's unit: one multiply-add is one) or flops (twice as many).")] = "macs",
+    exit_rule: Annotated[
+        str | None,
+        typer.Option(help="Early exit for models with internal classifiers: entropy or patience (default: the method's rule)."),
+    ] = None,
+    thresholds: Annotated[
+        str | None, typer.Option(help="Entropy thresholds to count, as for `hashee evaluate` (default: its sweep).")
+    ] = None,
+    patience: Annotated[
+        str | None, typer.Option(help="Patience values to count, as for `hashee evaluate` (default: 1..L-1).")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Patience rule on regression: a change below this counts as unchanged.")
+    ] = DEFAULT_TOLERANCE,
     examples: Annotated[Path | None, typer.Option(help="Also write the per-example counts to this TSV file.")] = None,
     device: DeviceOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace the CSV instead of appending to it.")] = False,
 ) -> None:
     """Count FLOPs per example with fvcore on the forward pass that `evaluate` runs, next to the analytic estimate.
+
+    A static curve directory gives one row per depth. A DeeBERT or PABEE
+    checkpoint gives one row per threshold or patience value, as `evaluate`
+    sweeps them: each example costs the embeddings plus the layers and
+    classifiers it runs before it exits.
 
     Summarisation checkpoints are counted on greedy generation: encoder, decoder and the cost per generated token.
     """
@@ -180,24 +218,30 @@ def count_flops(
         unit=unit,
         device=device,
     )
-    result = _count_with_progress(settings)
+    options = SweepOptions(
+        exit_rule, parse_float_list(thresholds, "--thresholds"), parse_int_list(patience, "--patience"), tolerance
+    )
+    results = _count_with_progress(settings, options)
 
-    row = pd.DataFrame([result.row])
+    rows = pd.DataFrame([result.row for result in results])
     if overwrite or not output.exists():
-        atomic.write_csv(output, row)
+        atomic.write_csv(output, rows)
     else:
-        atomic.append_csv_rows(output, row)
+        atomic.append_csv_rows(output, rows)
     if examples is not None:
-        atomic.write_csv(examples, result.examples, sep="\t")
+        atomic.write_csv(examples, pd.concat([result.examples for result in results], ignore_index=True), sep="\t")
 
     if state.json:
-        emit_json(result.row)
+        emit_json(results[0].row if len(results) == 1 else [result.row for result in results])
         return
-    print_table(render_summary(result.row))
-    if "counted_flops_per_generated_token" in result.row:
-        print_table(render_generation(result.row))
+    if len(results) > 1:
+        print_table(render_settings([result.row for result in results]))
     else:
-        print_table(render_layers(result.row))
-    uncounted = result.row["uncounted_ops"] or "none"
+        print_table(render_summary(results[0].row))
+        if "counted_flops_per_generated_token" in results[0].row:
+            print_table(render_generation(results[0].row))
+        else:
+            print_table(render_layers(results[0].row))
+    uncounted = results[0].row["uncounted_ops"] or "none"
     info(f"Operators left uncounted: {uncounted}")
-    info(f"Wrote {output}" + (f" and {examples}" if examples else ""))
+    info(f"Wrote {len(results)} row(s) to {output}" + (f" and {examples}" if examples else ""))

@@ -1,4 +1,4 @@
-"""`hashee finetune`: fine-tune a backbone with a hash table (or the full model) and save a checkpoint.
+"""`hashee finetune`: fine-tune a HashEE model or a baseline and save a checkpoint.
 
 Runs unchanged under torchrun, one process per device; only process 0 prints
 and writes files.
@@ -7,6 +7,7 @@ and writes files.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shlex
 import signal
@@ -40,24 +41,34 @@ from hashee_cli.cli.common import (
     error_console,
     handle_errors,
     info,
+    parse_int_list,
     print_table,
     state,
 )
 from hashee_cli.devices import resolve_device, resolve_precision
 from hashee_cli.distributed import environment_rank
 from hashee_cli.errors import HasheeError
-from hashee_cli.finetuning import FinetuneSettings, finetune as run_finetune
+from hashee_cli.finetuning import SEVERAL_MODEL_METHODS, FinetuneSettings, finetune as run_finetune
 from hashee_cli.training import SilentCallback, StopRequest, TrainingConfig, TrainingInterrupted
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def render_history(history: list[dict]) -> Table:
     table = Table(title="Epochs (dev split)", title_justify="left")
-    columns = [name for name in history[0] if name not in ("best", "step")]
+    # Records of several models (static depths, DeeBERT's stages) may differ in columns; show their union.
+    columns = []
+    for record in history:
+        columns.extend(name for name in record if name not in ("best", "step") and "_layer_" not in name and name not in columns)
     for name in columns:
         table.add_column(name.replace("dev_", ""), justify="right")
     for record in history:
         style = "bold green" if record.get("best") else None
-        table.add_row(*[f"{record[name]:.4f}" if isinstance(record[name], float) else str(record[name]) for name in columns], style=style)
+        table.add_row(*[_cell(record.get(name)) for name in columns], style=style)
     return table
 
 
@@ -134,7 +145,12 @@ def finetune(
         Path | None, typer.Option(help="Hash table from `hashee build-hash`; implies --method hashee.")
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="hashee (token exit by --hash-table), full (the ordinary model) or multi-exit (a classifier after every layer, trained jointly).")
+        str | None,
+        typer.Option(
+            help="hashee (token exit by --hash-table), full (the ordinary model), static (the first k layers, "
+            "one model per --depths), deebert (internal classifiers trained after the model, backbone frozen), "
+            "pabee or multi-exit (a classifier after every layer, trained jointly)."
+        ),
     ] = None,
     model: ModelOption = "minilm-l6",
     task: TaskOption = "SST-2",
@@ -150,6 +166,13 @@ def finetune(
     max_seq_length: MaxSeqLengthOption = 128,
     max_target_length: MaxTargetLengthOption = 64,
     num_layers: Annotated[int | None, typer.Option(help="Use only the first k layers of the backbone.")] = None,
+    depths: Annotated[
+        str | None, typer.Option(help="With --method static: the layer counts to train, e.g. 1,2,3 (default: 1..L).")
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="With --method deebert: a --method full checkpoint to use as the first stage; only the internal classifiers are trained."),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs; the best epoch on dev is kept.")] = 3,
     batch_size: Annotated[
         int, typer.Option(help="Training batch size per optimizer step, summed over all processes under torchrun.")
@@ -187,7 +210,7 @@ def finetune(
         bool, typer.Option(help="Replace an existing output directory; without --resume, also discard old checkpoints.")
     ] = False,
 ) -> None:
-    """Fine-tune a HashEE model (or the full model) and write a Hugging Face style checkpoint directory.
+    """Fine-tune a HashEE model or a baseline and write a Hugging Face style checkpoint directory.
 
     Multi-GPU: torchrun --nproc_per_node N --no-python hashee finetune ... (--batch-size is the global batch).
     """
@@ -206,6 +229,8 @@ def finetune(
         method=resolved_method,
         hash_table=str(hash_table) if hash_table else None,
         num_layers=num_layers,
+        depths=parse_int_list(depths, "--depths"),
+        init_from=str(init_from) if init_from else None,
         train_limit=train_limit,
         dev_limit=dev_limit,
         device=device,
@@ -238,7 +263,9 @@ def finetune(
         note = resolve_precision(settings.precision, resolve_device(device)).note
         if note:
             info(f"Note: {note}.")
-        if not summarization:
+        if resolved_method in SEVERAL_MODEL_METHODS:
+            info(f"No resumable checkpoints: --method {resolved_method} trains several models in turn.")
+        elif not summarization:
             every = f"every {save_steps} steps and " if save_steps else ""
             info(f"Checkpoints: {settings.checkpoint_path} ({every}each epoch; keeping the last {save_total_limit})")
 
@@ -261,12 +288,22 @@ def finetune(
         return
     history = outcome.result.history
     if state.json:
-        emit_json({"output_dir": str(outcome.output_dir), "best_epoch": outcome.result.best_epoch, "history": history})
+        payload = {"output_dir": str(outcome.output_dir), "best_epoch": outcome.result.best_epoch, "history": history}
+        if outcome.members:
+            payload["members"] = outcome.members
+        emit_json(payload)
         return
     print_table(render_history(history))
     if outcome.num_truncated:
         info(f"{outcome.num_truncated} examples were longer than --max-seq-length {max_seq_length} and were truncated.")
     processes = f" in {outcome.processes} processes" if outcome.processes > 1 else ""
+    if outcome.members:
+        depths_text = ", ".join(f"{member['depth']} ({member['best_dev_score']:.4f})" for member in outcome.members)
+        info(
+            f"Static curve: depths with their best dev {outcome.result.select_metric}: {depths_text}; "
+            f"trained on {outcome.num_train:,} examples{processes} in {outcome.seconds:.0f} s. Wrote {outcome.output_dir}"
+        )
+        return
     info(
         f"Best epoch {outcome.result.best_epoch} (dev {outcome.result.select_metric} {outcome.result.best_score:.4f}); "
         f"trained on {outcome.num_train:,} examples{processes} in {outcome.seconds:.0f} s. Wrote {outcome.output_dir}"

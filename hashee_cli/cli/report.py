@@ -1,4 +1,4 @@
-"""`hashee report`: turn metrics CSVs into comparison tables."""
+"""`hashee report`: turn metrics CSVs into comparison tables, Pareto plots and ELUE scores."""
 
 from __future__ import annotations
 
@@ -7,19 +7,28 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from hashee_cli import atomic
 from hashee_cli.cli.common import emit_json, handle_errors, info, print_table, state
-from hashee_cli.report import attach_flop_counts, comparison_table, is_flop_count_csv, read_flop_counts, read_metrics, to_markdown
+from hashee_cli.comparison import build_report, write_report
+from hashee_cli.elue import DEFAULT_REFERENCE
 
 
-def render(table: pd.DataFrame) -> Table:
-    rich_table = Table(title="Comparison", title_justify="left")
+def _cell(value) -> str:
+    if pd.isna(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return escape(str(value))
+
+
+def render(table: pd.DataFrame, title: str = "Comparison") -> Table:
+    rich_table = Table(title=escape(title), title_justify="left")
     for column in table.columns:
         rich_table.add_column(column, justify="right" if pd.api.types.is_numeric_dtype(table[column]) else "left")
     for row in table.itertuples(index=False):
-        rich_table.add_row(*["" if pd.isna(value) else f"{value:.4f}" if isinstance(value, float) else str(value) for value in row])
+        rich_table.add_row(*[_cell(value) for value in row])
     return rich_table
 
 
@@ -30,19 +39,53 @@ def report(
         typer.Argument(help="Metrics CSVs written by `hashee evaluate`, and FLOPs CSVs written by `hashee count-flops`."),
     ],
     output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", "-o", help="Write comparison.csv and comparison.md here.")
+        Path | None,
+        typer.Option(
+            "--output-dir", "-o",
+            help="Write comparison.csv/.md, one table (CSV, markdown) and one Pareto plot (PNG, SVG) per task, "
+            "elue_summary.csv and report.md here.",
+        ),
     ] = None,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Curve to compute ELUE scores against: static (default; the first k layers, with the full model), "
+            "deebert, pabee, hashee-<hash>. Repeat for several.",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace report files that already exist in --output-dir.")] = False,
 ) -> None:
-    """Compare runs: scores, difference to the full model, mean exit layer and measured speed."""
-    counts = [path for path in metrics if is_flop_count_csv(path)]
-    metrics_rows = read_metrics([path for path in metrics if path not in counts])
-    table = comparison_table(attach_flop_counts(metrics_rows, read_flop_counts(counts)))
-    if output_dir is not None:
-        atomic.write_csv(output_dir / "comparison.csv", table)
-        atomic.write_text(output_dir / "comparison.md", to_markdown(table))
+    """Compare runs: score, cost, ratio to the full model, measured speed-up and ELUE score, per task.
+
+    FLOPs CSVs of `hashee count-flops` join the metrics rows of the same run. When every run of a task
+    has one, the counted cost replaces the analytic estimate on the cost axis.
+    """
+    built = build_report(metrics, reference or [DEFAULT_REFERENCE])
+    files = write_report(built, output_dir, overwrite) if output_dir is not None else []
+
     if state.json:
-        emit_json(table.to_dict(orient="records"))
+        emit_json(
+            {
+                "groups": [
+                    {"task": group.task, "split": group.split, "model": group.model, "rows": group.table.to_dict(orient="records")}
+                    for group in built.groups
+                ],
+                "elue_summary": built.summary.to_dict(orient="records"),
+                "notes": built.notes,
+                "skipped": [{"item": item.item, "reason": item.reason} for item in built.skipped],
+                "files": [str(path) for path in files],
+            }
+        )
         return
-    print_table(render(table))
-    if output_dir is not None:
-        info(f"Wrote {output_dir / 'comparison.csv'} and {output_dir / 'comparison.md'}")
+    for group in built.groups:
+        print_table(render(group.table, group.title))
+    if not built.summary.empty:
+        print_table(render(built.summary, "ELUE scores by curve (points)"))
+    for note in built.notes:
+        info(escape(f"Note: {note}"))
+    if built.skipped:
+        info(f"Skipped {len(built.skipped)} item(s):")
+        for item in built.skipped:
+            info(escape(f"  - {item.item}: {item.reason}"))
+    if files:
+        info(f"Wrote {len(files)} files to {output_dir} (overview: {output_dir / 'report.md'})")
