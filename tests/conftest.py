@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoTokenizer
+from typer.testing import CliRunner
 from transformers.utils import logging as transformers_logging
 
 from hashee_cli.backbones import resolve_model_source
+from hashee_cli.cli import app
 
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
@@ -102,3 +104,20 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]], bom: bool = 
     text = "\n".join(lines) + "\n"
     path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
     return path
+
+
+def invoke(*args):
+    """Run the hashee app in-process with the given arguments (paths and numbers are turned into strings)."""
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def error_line(result) -> str:
+    """Return the last non-empty line of a command's output, where a failing command prints its error."""
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert lines, "expected an error message"
+    return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_model_dir):
+    return tiny_model_dir("bert")

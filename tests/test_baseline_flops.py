@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from hashee_cli.cli import app
+from conftest import invoke
 from hashee_cli.counting import CountSettings, prepare_count
 from hashee_cli.exit_counting import SweepOptions, count_runs, exit_costs, exit_target
 from hashee_cli.exit_sweep import record_layer_logits
@@ -15,13 +14,8 @@ from hashee_cli.flop_counting import CountingTarget, count_split
 from hashee_cli.modeling.early_exit import EarlyExitModel, replay_exits
 from hashee_cli.modeling.exit_rules import EntropyRule
 
-runner = CliRunner()
 SMALL = ["--train-limit", "96", "--dev-limit", "48", "--epochs", "1", "--batch-size", "16"]
 THRESHOLDS = "0,0.3,0.6931"
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,10 @@ import json
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from hashee_cli.cli import app
+from conftest import error_line, invoke
 
-runner = CliRunner()
 SMALL = ["--train-limit", "96", "--dev-limit", "48", "--epochs", "1", "--batch-size", "16"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines, "expected an error message"
-    return lines[-1]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_dir):
-    return tiny_model_dir("bert")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +132,7 @@ def test_pabee_regression_with_tolerance(tiny_bert, elue_dir, tmp_path):
 
     result = invoke("evaluate", output, "--exit-rule", "entropy", "-o", tmp_path / "entropy.csv")
     assert result.exit_code == 1
-    assert "use --exit-rule patience" in _error_line(result)
+    assert "use --exit-rule patience" in error_line(result)
 
 
 @pytest.mark.parametrize(
@@ -166,14 +149,14 @@ def test_sweep_rejects_invalid_settings(pabee_checkpoint, tmp_path, options, mes
     metrics = tmp_path / "m.csv"
     result = invoke("evaluate", pabee_checkpoint, *options, "-o", metrics)
     assert result.exit_code == 1
-    assert message in _error_line(result)
+    assert message in error_line(result)
     assert not metrics.exists()
 
 
 def test_exit_rule_on_model_without_classifiers(full_checkpoint, tmp_path):
     result = invoke("evaluate", full_checkpoint, "--exit-rule", "patience", "-o", tmp_path / "m.csv")
     assert result.exit_code == 1
-    assert "has no internal classifiers" in _error_line(result)
+    assert "has no internal classifiers" in error_line(result)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +173,7 @@ def test_finetune_rejects_bad_baseline_options(tiny_bert, elue_dir, tmp_path, op
     output = tmp_path / "run"
     result = invoke("finetune", "--model", tiny_bert, "--data-dir", elue_dir, *options, "-o", output, *SMALL)
     assert result.exit_code == 1
-    assert message in _error_line(result)
+    assert message in error_line(result)
     assert not output.exists()
 
 
@@ -198,5 +181,5 @@ def test_deebert_init_from_must_be_a_full_model(tiny_bert, elue_dir, pabee_check
     output = tmp_path / "run"
     result = invoke("finetune", "--model", tiny_bert, "--data-dir", elue_dir, "--method", "deebert", "--init-from", pabee_checkpoint, "-o", output, *SMALL)
     assert result.exit_code == 1
-    assert "was trained with --method pabee" in _error_line(result)
+    assert "was trained with --method pabee" in error_line(result)
     assert not output.exists()

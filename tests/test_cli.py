@@ -10,28 +10,10 @@ import sys
 import pandas as pd
 import pytest
 from transformers import AutoModelForSequenceClassification
-from typer.testing import CliRunner
 
-from conftest import write_tsv
-from hashee_cli.cli import app
+from conftest import error_line, invoke, write_tsv
 
-runner = CliRunner()
 SMALL = ["--train-limit", "96", "--dev-limit", "48", "--epochs", "1", "--batch-size", "16"]
-
-
-def invoke(*args: str):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines, "expected an error message"
-    return lines[-1]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_dir):
-    return tiny_model_dir("bert")
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +48,21 @@ def test_build_hash_refuses_to_overwrite(freq_table_path, tiny_bert, elue_dir):
     before = freq_table_path.read_bytes()
     result = invoke("build-hash", "--model", tiny_bert, "--data-dir", elue_dir, "--method", "random", "-o", freq_table_path)
     assert result.exit_code == 1
-    assert "already exists" in _error_line(result)
+    assert "already exists" in error_line(result)
     assert freq_table_path.read_bytes() == before
 
 
 def test_build_hash_exit_layer_out_of_range(tiny_bert, elue_dir, tmp_path):
     result = invoke("build-hash", "--model", tiny_bert, "--data-dir", elue_dir, "--exit-layers", "1,5", "-o", tmp_path / "t.json")
     assert result.exit_code == 1
-    assert "exit layer 5 is outside 1..4" in _error_line(result)
+    assert "exit layer 5 is outside 1..4" in error_line(result)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_build_hash_unknown_method(tiny_bert, elue_dir, tmp_path):
     result = invoke("build-hash", "--model", tiny_bert, "--data-dir", elue_dir, "--method", "frequency", "-o", tmp_path / "t.json")
     assert result.exit_code == 1
-    assert "did you mean freq" in _error_line(result)
+    assert "did you mean freq" in error_line(result)
 
 
 def test_finetune_writes_complete_checkpoint(hashee_checkpoint, tiny_bert):
@@ -193,14 +175,14 @@ def test_multi_exit_checkpoint_round_trip(tiny_bert, elue_dir, tmp_path):
     (output / "exit_heads.safetensors").unlink()
     result = invoke("evaluate", output, "-o", tmp_path / "again.csv")
     assert result.exit_code == 1
-    assert "exit_heads.safetensors missing" in _error_line(result)
+    assert "exit_heads.safetensors missing" in error_line(result)
 
 
 def test_num_layers_mismatch_with_table(tiny_bert, elue_dir, freq_table_path, tmp_path):
     output = tmp_path / "run"
     result = invoke("finetune", "--model", tiny_bert, "--data-dir", elue_dir, "--hash-table", freq_table_path, "--num-layers", "2", "-o", output, *SMALL)
     assert result.exit_code == 1
-    assert "built for 4 layers but the model uses 2" in _error_line(result)
+    assert "built for 4 layers but the model uses 2" in error_line(result)
     assert not output.exists()
 
 
@@ -216,7 +198,7 @@ def test_table_for_other_tokenizer(tiny_bert, elue_dir, tmp_path):
     tokenizer.save_pretrained(other)
     result = invoke("finetune", "--model", other, "--data-dir", elue_dir, "--hash-table", table, "-o", tmp_path / "run", *SMALL)
     assert result.exit_code == 1
-    assert "built for another tokenizer" in _error_line(result)
+    assert "built for another tokenizer" in error_line(result)
     assert not (tmp_path / "run").exists()
 
 
@@ -226,21 +208,21 @@ def test_incomplete_checkpoint(hashee_checkpoint, tmp_path):
     (broken / "model.safetensors").unlink()
     result = invoke("evaluate", broken, "-o", tmp_path / "m.csv")
     assert result.exit_code == 1
-    assert "incomplete: model.safetensors missing" in _error_line(result)
+    assert "incomplete: model.safetensors missing" in error_line(result)
     assert not (tmp_path / "m.csv").exists()
 
 
 def test_unknown_model_without_network(elue_dir, tmp_path):
     result = invoke("finetune", "--model", "no-such-org/no-such-model", "--data-dir", elue_dir, "-o", tmp_path / "run", *SMALL)
     assert result.exit_code == 1
-    assert "could not be loaded from the Hugging Face Hub" in _error_line(result)
+    assert "could not be loaded from the Hugging Face Hub" in error_line(result)
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_file(tiny_bert, tmp_path):
     result = invoke("finetune", "--model", tiny_bert, "--train-file", tmp_path / "nope.tsv", "--dev-file", tmp_path / "nope.tsv", "-o", tmp_path / "run")
     assert result.exit_code == 1
-    assert "nope.tsv does not exist" in _error_line(result)
+    assert "nope.tsv does not exist" in error_line(result)
     assert not (tmp_path / "run").exists()
 
 
@@ -248,7 +230,7 @@ def test_evaluate_label_outside_model_labels(hashee_checkpoint, tmp_path):
     test_file = write_tsv(tmp_path / "test.tsv", ["sentence", "label"], [["fine", "1"], ["odd", "7"]])
     result = invoke("evaluate", hashee_checkpoint, "--test-file", test_file, "-o", tmp_path / "m.csv")
     assert result.exit_code == 1
-    assert "line 3: label '7'" in _error_line(result)
+    assert "line 3: label '7'" in error_line(result)
     assert not (tmp_path / "m.csv").exists()
 
 
@@ -258,7 +240,7 @@ def test_existing_output_dir_is_kept(tiny_bert, elue_dir, tmp_path):
     (output / "notes.txt").write_text("keep me")
     result = invoke("finetune", "--model", tiny_bert, "--data-dir", elue_dir, "-o", output, *SMALL)
     assert result.exit_code == 1
-    assert "already exists" in _error_line(result)
+    assert "already exists" in error_line(result)
     assert (output / "notes.txt").read_text() == "keep me"
 
 

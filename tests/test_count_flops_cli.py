@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from conftest import write_tsv
-from hashee_cli.cli import app
+from conftest import error_line, invoke, write_tsv
 
-runner = CliRunner()
 SMALL = ["--train-limit", "96", "--dev-limit", "48", "--epochs", "1", "--batch-size", "16"]
 JOIN_KEYS = ["run", "checkpoint", "task", "split"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines, "expected an error message"
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +118,7 @@ def test_empty_split_is_rejected(checkpoints, tmp_path):
     empty = write_tsv(tmp_path / "empty.tsv", ["sentence", "label"], [])
     result = invoke("count-flops", checkpoints["hashee"], "--test-file", empty, "-o", tmp_path / "flops.csv")
     assert result.exit_code == 1
-    assert "empty.tsv has no examples" in _error_line(result)
+    assert "empty.tsv has no examples" in error_line(result)
     assert not (tmp_path / "flops.csv").exists()
 
 
@@ -140,7 +127,7 @@ def test_sequence_longer_than_positions_is_rejected(checkpoints, tmp_path):
     output = tmp_path / "flops.csv"
     result = invoke("count-flops", checkpoints["hashee"], "--test-file", test_file, "--max-seq-length", "200", "-o", output)
     assert result.exit_code == 1
-    assert "long.tsv line 3: the example has 200 tokens but the model has 128 positions" in _error_line(result)
+    assert "long.tsv line 3: the example has 200 tokens but the model has 128 positions" in error_line(result)
     assert not output.exists()
 
 
@@ -156,5 +143,5 @@ def test_bad_options_are_rejected(checkpoints, tmp_path, options, message):
     output = tmp_path / "flops.csv"
     result = invoke("count-flops", checkpoints["hashee"], "--limit", "5", "-o", output, *options)
     assert result.exit_code == 1
-    assert message in _error_line(result)
+    assert message in error_line(result)
     assert not output.exists()

@@ -9,16 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import write_tsv
+from conftest import error_line, invoke, write_tsv
 from hashee_cli.checkpoint import load_checkpoint
-from hashee_cli.cli import app
 from hashee_cli.data.encoding import collate, encode_split
 from hashee_cli.data.reading import DataConfig, Split, load_split
 from hashee_cli.learnability.conll import read_conll
 
-runner = CliRunner()
 TRAIN_SMALL = ["--epochs", "1", "--batch-size", "16", "--train-limit", "64", "--dev-limit", "32"]
 PROBE_SMALL = ["--train-limit", "60", "--test-limit", "40", "--seeds", "1,2", "--epochs", "1", "--max-seq-length", "32"]
 
@@ -73,24 +70,9 @@ Osaka NNP B-NP B-LOC
 """
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines, "expected an error message"
-    return lines[-1]
-
-
 def _read_vectors(path) -> list[list[int]]:
     frame = pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str)
     return [json.loads(label) for label in frame["label"]]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_dir):
-    return tiny_model_dir("bert")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +157,7 @@ def test_snli_labels_then_probe(tiny_bert, elue_dir, tmp_path):
 def test_labels_for_regression_task(tiny_bert, elue_dir, tmp_path):
     result = invoke("build-difficulty-labels", "--model", tiny_bert, "--task", "STS-B", "--data-dir", elue_dir, *TRAIN_SMALL, "-o", tmp_path / "out")
     assert result.exit_code == 1
-    assert "STS-B is a regression task" in _error_line(result)
+    assert "STS-B is a regression task" in error_line(result)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -184,7 +166,7 @@ def test_labels_from_full_checkpoint(tiny_bert, elue_dir, tmp_path):
     assert invoke("finetune", "--method", "full", "--model", tiny_bert, "--data-dir", elue_dir, *TRAIN_SMALL, "-o", full).exit_code == 0
     result = invoke("build-difficulty-labels", "--checkpoint", full, "-o", tmp_path / "out")
     assert result.exit_code == 1
-    assert "trained with --method full" in _error_line(result)
+    assert "trained with --method full" in error_line(result)
     assert not (tmp_path / "out").exists()
 
 
@@ -221,7 +203,7 @@ def test_token_level_bad_line(tiny_bert, tmp_path):
     conll.write_text("Ada B-PER\nLovelace\n\n")
     result = invoke("build-difficulty-labels", "--token-level", "--model", tiny_bert, "--train-file", conll, "--dev-file", conll, "-o", tmp_path / "out")
     assert result.exit_code == 1
-    assert "bad.conll line 2: expected a token and a tag" in _error_line(result)
+    assert "bad.conll line 2: expected a token and a tag" in error_line(result)
     assert not (tmp_path / "out").exists()
 
 
@@ -278,7 +260,7 @@ def test_probe_bad_input(rows, options, message, tmp_path):
     output = tmp_path / "probe.csv"
     result = invoke("learnability-probe", "--difficulty", "model", "--data-dir", tmp_path, "--probes", "bow", *options, "-o", output)
     assert result.exit_code == 1
-    assert message in _error_line(result)
+    assert message in error_line(result)
     assert not output.exists()
 
 
@@ -287,11 +269,11 @@ def test_probe_keeps_existing_output(shared_data, tmp_path):
     output.write_text("mine\n")
     result = invoke("learnability-probe", "--difficulty", "human", "--data-dir", shared_data / "difficulty", "-o", output)
     assert result.exit_code == 1
-    assert "already exists" in _error_line(result)
+    assert "already exists" in error_line(result)
     assert output.read_text() == "mine\n"
 
 
 def test_probe_unknown_name(shared_data, tmp_path):
     result = invoke("learnability-probe", "--difficulty", "human", "--data-dir", shared_data / "difficulty", "--probes", "bow,lstm", "-o", tmp_path / "p.csv")
     assert result.exit_code == 1
-    assert "did you mean bilstm" in _error_line(result)
+    assert "did you mean bilstm" in error_line(result)

@@ -7,22 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from hashee_cli.cli import app
+from conftest import error_line, invoke
 from hashee_cli.elue import ReferenceCurve, elue_score
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines, "expected an error message"
-    return lines[-1]
 
 
 def test_interpolation_by_hand():
@@ -167,14 +154,14 @@ def test_report_with_nothing_readable(tmp_path):
     wrong.write_text("just,a,table\n1,2,3\n")
     result = invoke("report", wrong)
     assert result.exit_code == 1
-    assert "no metrics CSV could be read" in _error_line(result)
+    assert "no metrics CSV could be read" in error_line(result)
 
 
 def test_unknown_reference(fixture_csvs, tmp_path):
     output = tmp_path / "report"
     result = invoke("report", *fixture_csvs.values(), "--reference", "debert", "-o", output)
     assert result.exit_code == 1
-    assert "did you mean deebert?" in _error_line(result)
+    assert "did you mean deebert?" in error_line(result)
     assert not output.exists()
 
 
@@ -184,7 +171,7 @@ def test_report_keeps_existing_files(fixture_csvs, tmp_path):
     (output / "report.md").write_text("my notes")
     result = invoke("report", fixture_csvs["static.csv"], "-o", output)
     assert result.exit_code == 1
-    assert "already exists" in _error_line(result)
+    assert "already exists" in error_line(result)
     assert (output / "report.md").read_text() == "my notes"
     assert sorted(path.name for path in output.iterdir()) == ["report.md"]
 

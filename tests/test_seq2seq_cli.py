@@ -8,24 +8,11 @@ import pandas as pd
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
-from typer.testing import CliRunner
 
-from conftest import write_tsv
-from hashee_cli.cli import app
+from conftest import error_line, invoke, write_tsv
 
-runner = CliRunner()
 LENGTHS = ["--max-seq-length", "64", "--max-target-length", "12"]
 TRAINING = ["--epochs", "1", "--batch-size", "8", "--eval-batch-size", "8", "--learning-rate", "1e-3", *LENGTHS]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def _error_line(result) -> str:
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert lines, "expected an error message"
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +25,6 @@ def data_dir(shared_data, tmp_path_factory):
         lines = (source / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (target / name).write_text("".join(lines[: rows + 1]), encoding="utf-8")
     return target.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tiny_model_dir):
-    return tiny_model_dir("bert")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +60,7 @@ def test_build_hash_counts_documents_and_summaries(table_path):
 def test_build_hash_rejects_label_based_methods(tiny_bert, data_dir, tmp_path):
     result = invoke("build-hash", "--task", "DialogSum", "--model", tiny_bert, "--data-dir", data_dir, "--method", "mi", "-o", tmp_path / "mi.json")
     assert result.exit_code == 1
-    assert "needs class labels" in _error_line(result)
+    assert "needs class labels" in error_line(result)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -160,7 +142,7 @@ def test_generation_options_rejected_for_classifiers(tiny_bert, shared_data, tmp
     assert result.exit_code == 0, result.output
     result = invoke("evaluate", tmp_path / "classifier", "--num-beams", "4", "-o", tmp_path / "metrics.csv")
     assert result.exit_code == 1
-    assert "--num-beams applies to summarisation checkpoints only" in _error_line(result)
+    assert "--num-beams applies to summarisation checkpoints only" in error_line(result)
     assert not (tmp_path / "metrics.csv").exists()
 
 
@@ -171,7 +153,7 @@ def test_max_seq_length_beyond_positions_rejected(tiny_bert, data_dir, tmp_path)
         "--max-seq-length", "256", "-o", tmp_path / "run",
     )
     assert result.exit_code == 1
-    assert "--max-seq-length 256 exceeds the encoder's 128 positions" in _error_line(result)
+    assert "--max-seq-length 256 exceeds the encoder's 128 positions" in error_line(result)
     assert not (tmp_path / "run").exists()
 
 
@@ -182,7 +164,7 @@ def test_empty_document_stops_finetune(tiny_bert, data_dir, tmp_path):
         "--method", "full", *TRAINING, "-o", tmp_path / "run",
     )
     assert result.exit_code == 1
-    assert f"{train} line 3: the document is empty" in _error_line(result)
+    assert f"{train} line 3: the document is empty" in error_line(result)
     assert not (tmp_path / "run").exists()
 
 
@@ -209,7 +191,7 @@ def test_hash_table_from_another_tokenizer_rejected(other_tokenizer_model, tiny_
         "-o", tmp_path / "run",
     )
     assert result.exit_code == 1
-    assert "was built for another tokenizer" in _error_line(result)
+    assert "was built for another tokenizer" in error_line(result)
     assert not (tmp_path / "run").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["other.json"]
 
@@ -255,7 +237,7 @@ def test_empty_summary_stops_evaluate(runs, tmp_path):
     metrics, predictions = tmp_path / "metrics.csv", tmp_path / "generated.tsv"
     result = invoke("evaluate", runs / "hashee", "--test-file", test_file, "-o", metrics, "--predictions", predictions)
     assert result.exit_code == 1
-    assert f"{test_file} line 3" in _error_line(result)
+    assert f"{test_file} line 3" in error_line(result)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["test.tsv"]
 
 
@@ -265,7 +247,7 @@ def test_summarization_finetune_rejects_resume(tiny_bert, data_dir, tmp_path):
         "--resume", "-o", tmp_path / "run",
     )
     assert result.exit_code == 1
-    assert "keeps no resumable checkpoints" in _error_line(result)
+    assert "keeps no resumable checkpoints" in error_line(result)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -310,8 +292,8 @@ def test_count_flops_of_generation(runs, tmp_path):
 def test_count_flops_rejects_form_and_bare_summarization(runs, data_dir, tmp_path):
     result = invoke("count-flops", runs / "hashee", "--form", "masked", "-o", tmp_path / "flops.csv")
     assert result.exit_code == 1
-    assert "does not apply to summarisation checkpoints" in _error_line(result)
+    assert "does not apply to summarisation checkpoints" in error_line(result)
     result = invoke("count-flops", "--task", "DialogSum", "--data-dir", data_dir, "--method", "full", "-o", tmp_path / "flops.csv")
     assert result.exit_code == 1
-    assert "counts summarisation on a checkpoint" in _error_line(result)
+    assert "counts summarisation on a checkpoint" in error_line(result)
     assert list(tmp_path.iterdir()) == []
