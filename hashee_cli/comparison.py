@@ -20,7 +20,7 @@ from hashee_cli.elue import DEFAULT_REFERENCE, add_elue_scores, elue_summary
 from hashee_cli.errors import HasheeError
 from hashee_cli.flops import UNIT, UNIT_NOTE
 from hashee_cli.plots import figure_bytes, pareto_figure
-from hashee_cli.report import GROUP_COLUMNS, Skipped, collect_metrics, comparison_table, group_notes, to_markdown
+from hashee_cli.report import GROUP_COLUMNS, METRIC_COLUMNS, OPTIONAL_COLUMNS, Skipped, collect_metrics, comparison_table, group_notes, to_markdown
 
 # Columns of the per-task tables, in order; ELUE columns follow.
 TASK_COLUMNS = (
@@ -40,6 +40,7 @@ class GroupReport:
     slug: str
     table: pd.DataFrame
     files: list[Path] = field(default_factory=list)
+    main_metrics: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -99,8 +100,15 @@ def build_report(paths: list[Path], references: list[str] | None = None) -> Comp
         slug = f"{_slug(task)}-{_slug(split)}"
         if task_splits.count((task, split)) > 1:
             slug += f"-{_slug(Path(model).name if model else 'model')}"
-        columns = [*TASK_COLUMNS, *(f"elue_vs_{reference}" for reference in references)]
-        groups.append(GroupReport(task, split, model, slug, _order_rows(group)[columns].reset_index(drop=True)))
+        # Metrics beside the main one (MRPC's accuracy, ROUGE-1/2/L) and the measures only some tasks have.
+        extra = [
+            name for name in (*METRIC_COLUMNS, *OPTIONAL_COLUMNS)
+            if name in group and group[name].notna().any() and not (group["main_metric"] == name).all()
+        ]
+        columns = [*TASK_COLUMNS[:3], *extra, *TASK_COLUMNS[3:], *(f"elue_vs_{reference}" for reference in references)]
+        report = GroupReport(task, split, model, slug, _order_rows(group)[columns].reset_index(drop=True))
+        report.main_metrics = sorted(set(group["main_metric"].dropna().astype(str)))
+        groups.append(report)
     return ComparisonReport(table, groups, elue_summary(table, references), references, notes, skipped)
 
 

@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hashee_cli.backbones import DEFAULT_MODEL
 from hashee_cli.data.reading import DataConfig
 from hashee_cli.errors import HasheeError
 
@@ -79,6 +78,15 @@ def emit_json(payload: Any) -> None:
 def print_table(table: Table) -> None:
     if not state.json:
         console.print(table)
+
+
+def format_cell(value: Any) -> str:
+    """Format a metrics value for a terminal table: large counts with thousands separators, scores to 4 decimals."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4f}"
+    return str(value)
 
 
 def info(message: str) -> None:

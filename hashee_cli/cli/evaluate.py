@@ -17,6 +17,7 @@ from hashee_cli.cli.common import (
     SeedOption,
     TestFileOption,
     emit_json,
+    format_cell,
     handle_errors,
     info,
     parse_float_list,
@@ -42,11 +43,12 @@ def render_row(row: dict) -> Table:
         # Library versions go to the CSV for provenance; the terminal table keeps to results.
         if name in skip or name.startswith("token_share_layer_") or name.endswith("_version"):
             continue
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(name, format_cell(value))
     shares = " ".join(
         f"{name.rsplit('_', 1)[1]}:{value:.0%}" for name, value in row.items() if name.startswith("token_share_layer_")
     )
-    table.add_row("tokens per exit layer", shares)
+    if shares:
+        table.add_row("tokens per exit layer", shares)
     return table
 
 
@@ -59,7 +61,7 @@ def render_sweep(rows: list[dict]) -> Table:
     for name in columns:
         table.add_column(name, justify="left" if name == "setting" else "right")
     for row in rows:
-        table.add_row(*["" if pd.isna(row[name]) else f"{row[name]:.4f}" if isinstance(row[name], float) else str(row[name]) for name in columns])
+        table.add_row(*[format_cell(row[name]) for name in columns])
     table.caption = f"score is {first['main_metric']}; MACs are multiply-accumulates per example"
     return table
 

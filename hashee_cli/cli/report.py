@@ -10,25 +10,65 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from hashee_cli.cli.common import emit_json, handle_errors, info, print_table, state
+from hashee_cli.cli.common import emit_json, format_cell, handle_errors, info, print_table, state
 from hashee_cli.comparison import build_report, write_report
 from hashee_cli.elue import DEFAULT_REFERENCE
 
 
-def _cell(value) -> str:
+# Columns of the per-task CSV and markdown tables that the terminal leaves out, to stay readable
+# in 120 columns: the run names and measured throughput stay in the files.
+TERMINAL_HIDDEN = ("flops_source", "examples_per_second", "tokens_per_second", "speedup_vs_full", "run")
+TERMINAL_HEADERS = {
+    "delta_vs_full": "vs full (points)",
+    "flops_per_example": "MACs per example",
+    "flops_ratio_to_full": "ratio to full",
+    "mean_elue": "mean ELUE",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "mean_exit_layer_encoder": "exit layer (encoder)",
+    "mean_exit_layer_decoder": "exit layer (decoder)",
+    "macs_per_generated_token": "MACs per generated token",
+    "best_elue": "best ELUE",
+}
+
+
+def _compact(value: float) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
+def _cell(column: str, value) -> str:
     if pd.isna(value):
         return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return escape(str(value))
+    if column in ("flops_per_example", "macs_per_generated_token"):
+        return _compact(float(value))
+    if column in ("delta_vs_full", "mean_elue", "best_elue") or column.startswith("elue_vs_"):
+        return f"{value:+.2f}"
+    if column == "flops_ratio_to_full":
+        return f"{value:.3f}"
+    return escape(format_cell(value))
 
 
-def render(table: pd.DataFrame, title: str = "Comparison") -> Table:
+def render(table: pd.DataFrame, title: str = "Comparison", main_metrics: list[str] | None = None) -> Table:
+    """Render a report table for the terminal, with short headers and compact costs."""
+    columns = [column for column in table.columns if column not in TERMINAL_HIDDEN]
     rich_table = Table(title=escape(title), title_justify="left")
-    for column in table.columns:
-        rich_table.add_column(column, justify="right" if pd.api.types.is_numeric_dtype(table[column]) else "left")
-    for row in table.itertuples(index=False):
-        rich_table.add_row(*[_cell(value) for value in row])
+    for column in columns:
+        header = TERMINAL_HEADERS.get(column) or column.replace("elue_vs_", "ELUE vs ").replace("_", " ")
+        numeric = pd.api.types.is_numeric_dtype(table[column])
+        rich_table.add_column(header, justify="right" if numeric else "left", no_wrap=column == "setting")
+    for row in table[columns].itertuples(index=False):
+        rich_table.add_row(*[_cell(column, value) for column, value in zip(columns, row)])
+    caption = []
+    if main_metrics:
+        caption.append(f"score is {', '.join(main_metrics)}")
+    if "flops_source" in table.columns and table["flops_source"].notna().any():
+        caption.append(f"cost: {', '.join(sorted(set(table['flops_source'].dropna().astype(str))))} MACs (one multiply-add is one MAC)")
+    if caption:
+        rich_table.caption = "; ".join(caption)
     return rich_table
 
 
@@ -78,7 +118,7 @@ def report(
         )
         return
     for group in built.groups:
-        print_table(render(group.table, group.title))
+        print_table(render(group.table, group.title, group.main_metrics))
     if not built.summary.empty:
         print_table(render(built.summary, "ELUE scores by curve (points)"))
     for note in built.notes:
