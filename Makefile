@@ -69,8 +69,8 @@ reproduce-sst2-flops: reproduce-sst2
 	$(HASHEE) report $(OUT)/sst2/metrics-full.csv $(OUT)/sst2/metrics-hashee-freq.csv \
 		$(OUT)/sst2/metrics-hashee-freq-aggressive.csv $(OUT)/sst2/flops.csv -o $(OUT)/sst2 --overwrite
 
-# SST-2 against the baselines, on the budget of reproduce-sst2 (the CPU profile
-# trains the static curve and PABEE on fewer examples): the static
+# SST-2 against the baselines, on the budget of reproduce-sst2 (BASELINE_TRAIN_LIMIT,
+# when set, trains the static curve and PABEE on fewer examples): the static
 # curve (its deepest point is the full model trained above), DeeBERT (its
 # second stage on top of that full model), PABEE (joint training). Each
 # early-exit sweep records every layer once and replays every setting, then
