@@ -112,31 +112,46 @@ def check_checkpoint_files(path: Path) -> dict:
     return settings
 
 
+def checkpoint_task(path: Path, settings: dict) -> TaskSpec:
+    """Read the task entry of a checkpoint's settings."""
+    try:
+        return TaskSpec.from_dict(settings["task"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{path / CONFIG_FILE} has no valid task entry ({error}); re-run `hashee finetune`") from error
+
+
+def load_model_and_tokenizer(path: Path, auto_class) -> tuple:
+    """Load the Hugging Face model (with ``auto_class``) and the tokenizer saved in a checkpoint directory."""
+    try:
+        return auto_class.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the model in {path}: {error}") from error
+
+
+def load_checkpoint_hash_table(path: Path, settings: dict, tokenizer, num_layers: int, vocab_size: int) -> tuple:
+    """Return the checkpoint's hash table and its assigner, both None for a model without one.
+
+    The table must match the saved tokenizer and ``num_layers``.
+    """
+    if not settings.get("hash_table"):
+        return None, None
+    table = load_hash_table(path / HASH_TABLE_FILE)
+    try:
+        table.check_compatible(tokenizer, num_layers, str(path / HASH_TABLE_FILE))
+    except HasheeError as error:
+        raise CheckpointError(str(error)) from error
+    return table, build_assigner(table, tokenizer, vocab_size)
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Load a checkpoint written by ``save_checkpoint`` and move it to ``device`` in eval mode."""
     path = Path(path)
     settings = check_checkpoint_files(path)
-    try:
-        task = TaskSpec.from_dict(settings["task"])
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(f"{path / CONFIG_FILE} has no valid task entry ({error}); re-run `hashee finetune`") from error
-
-    try:
-        hf_model = AutoModelForSequenceClassification.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot load the model in {path}: {error}") from error
-
-    table = None
-    assigner = None
-    if settings.get("hash_table"):
-        table = load_hash_table(path / HASH_TABLE_FILE)
-        model_layers = hf_model.config.num_hidden_layers
-        try:
-            table.check_compatible(tokenizer, model_layers, str(path / HASH_TABLE_FILE))
-        except HasheeError as error:
-            raise CheckpointError(str(error)) from error
-        assigner = build_assigner(table, tokenizer, hf_model.config.vocab_size)
+    task = checkpoint_task(path, settings)
+    hf_model, tokenizer = load_model_and_tokenizer(path, AutoModelForSequenceClassification)
+    table, assigner = load_checkpoint_hash_table(
+        path, settings, tokenizer, hf_model.config.num_hidden_layers, hf_model.config.vocab_size
+    )
 
     if settings.get("method") in MULTI_EXIT_METHODS:
         model = MultiExitModel(hf_model)

@@ -206,6 +206,19 @@ def prepare_count(settings: CountSettings) -> PreparedCount:
     return PreparedCount(loaded, split, encoded, unit, scale, device)
 
 
+def summary_columns(counted: np.ndarray, analytic: np.ndarray, full_model: np.ndarray) -> dict:
+    """Return the summary columns of a count row from per-example costs, all in the row's unit."""
+    return {
+        "counted_flops_mean": float(counted.mean()),
+        "counted_flops_median": float(np.median(counted)),
+        "analytic_flops_mean": float(analytic.mean()),
+        "analytic_flops_median": float(np.median(analytic)),
+        "counted_vs_analytic": float(counted.mean() / analytic.mean() - 1),
+        "full_model_flops_mean": float(full_model.mean()),
+        "counted_ratio_to_full": float(counted.mean() / full_model.mean()),
+    }
+
+
 def count_row(prepared: PreparedCount, settings: CountSettings, counts: FlopCounts, form: str, extra: dict | None = None) -> CountResult:
     """Build the CSV row and the per-example table of ``counts`` (in MACs), in the unit of ``prepared``.
 
@@ -226,13 +239,7 @@ def count_row(prepared: PreparedCount, settings: CountSettings, counts: FlopCoun
         "num_examples": counts.num_examples,
         "num_truncated": prepared.encoded.num_truncated,
         "flops_unit": unit,
-        "counted_flops_mean": float(counted.mean()),
-        "counted_flops_median": float(np.median(counted)),
-        "analytic_flops_mean": float(analytic.mean()),
-        "analytic_flops_median": float(np.median(analytic)),
-        "counted_vs_analytic": float(counted.mean() / analytic.mean() - 1),
-        "full_model_flops_mean": float(full_model.mean()),
-        "counted_ratio_to_full": float(counted.mean() / full_model.mean()),
+        **summary_columns(counted, analytic, full_model),
         **{f"counted_flops_layer_{layer}": float(value) for layer, value in enumerate(counted_layers.mean(axis=0), start=1)},
         "counted_flops_other": float(counts.counted_other.mean() * scale),
         **{f"analytic_flops_layer_{layer}": float(value) for layer, value in enumerate(analytic_layers.mean(axis=0), start=1)},

@@ -27,7 +27,7 @@ from hashee_cli.checkpoint import check_checkpoint_files
 from hashee_cli.counting import CountResult, CountSettings, count_flops, count_row, prepare_count
 from hashee_cli.errors import HasheeError
 from hashee_cli.exit_sweep import METHOD_RULES, record_layer_logits, sweep_rules
-from hashee_cli.finetuning import static_curve_members
+from hashee_cli.finetuning import curve_member_run, static_curve_members
 from hashee_cli.flop_counting import Batch, CountingTarget, FlopCounts, count_split
 from hashee_cli.flops import EncoderDims, early_exit_macs, embedding_macs, example_layer_macs, head_macs
 from hashee_cli.modeling.early_exit import replay_exits
@@ -62,7 +62,7 @@ def final_head_modules(model: MultiExitModel) -> list[torch.nn.Module]:
 def exit_target(model: MultiExitModel) -> CountingTarget:
     """Return the counting target of a multi-exit model's dense forward, each classifier counted with its layer.
 
-    Layer l's group holds the layer and the classifier that reads it (the
+    Layer l's group contains the layer and the classifier that reads it (the
     internal one, or the model's own head after the last layer), so that
     "other" is the embeddings alone and a prefix of the groups is the cost of
     exiting after that layer.
@@ -147,8 +147,7 @@ def count_runs(settings: CountSettings, options: SweepOptions | None = None, on_
         results = []
         for member in members:
             result = count_flops(replace(settings, checkpoint=str(member)), on_example)
-            # Depth directories share their names across curves; the curve's name tells them apart, as in evaluate.
-            result.row["run"] = f"{Path(settings.checkpoint).name}/{result.row['run']}"
+            result.row["run"] = curve_member_run(settings.checkpoint, result.row["run"])
             results.append(result)
         return results
     if settings.checkpoint is not None and (options.given or _is_early_exit_checkpoint(settings.checkpoint)):

@@ -62,6 +62,14 @@ def static_member_name(depth: int) -> str:
     return f"layers-{depth}"
 
 
+def curve_member_run(curve: Path, run: str) -> str:
+    """Return the run name of one depth of a static curve, prefixed with the curve's name.
+
+    Depth directories (layers-1, layers-2, ...) have the same names in every curve, so the prefix distinguishes them.
+    """
+    return f"{Path(curve).name}/{run}"
+
+
 def static_curve_members(path: Path) -> list[Path] | None:
     """Return the checkpoints of a static curve directory, shallowest first, or None for any other path."""
     manifest = Path(path) / STATIC_CURVE_FILE

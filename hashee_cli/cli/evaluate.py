@@ -28,7 +28,7 @@ from hashee_cli.cli.common import (
 from hashee_cli.errors import HasheeError
 from hashee_cli.evaluation import evaluate_checkpoint
 from hashee_cli.exit_sweep import METHOD_RULES, evaluate_sweep
-from hashee_cli.finetuning import static_curve_members
+from hashee_cli.finetuning import curve_member_run, static_curve_members
 from hashee_cli.modeling.exit_rules import DEFAULT_TOLERANCE
 from hashee_cli.seq2seq.checkpoint import is_summarization_checkpoint
 from hashee_cli.seq2seq.evaluation import evaluate_summarizer
@@ -189,8 +189,7 @@ def evaluate(
             raise HasheeError(f"{checkpoint} is a static curve; exit-rule options apply to deebert and pabee checkpoints")
         results = [evaluate_checkpoint(str(member), split, overrides, form=form, **common) for member in members]
         for result in results:
-            # Depth directories share their names across curves; the curve's name tells them apart.
-            result.row["run"] = f"{checkpoint.name}/{result.row['run']}"
+            result.row["run"] = curve_member_run(checkpoint, result.row["run"])
         _write_outputs([result.row for result in results], output, overwrite, None, None)
         if predictions is not None:
             info("--predictions is not written for a static curve; evaluate one depth's checkpoint to get them.")

@@ -11,13 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from hashee_cli.backbones import load_config, resolve_model_source
-from hashee_cli.checkpoint import HASH_TABLE_FILE, build_assigner, check_checkpoint_files
+from hashee_cli.checkpoint import (
+    check_checkpoint_files,
+    checkpoint_task,
+    load_checkpoint_hash_table,
+    load_model_and_tokenizer,
+)
 from hashee_cli.data.tasks import TaskSpec
-from hashee_cli.errors import CheckpointError, HasheeError, ModelNotFoundError
-from hashee_cli.hashing.table import HashTable, load_hash_table
+from hashee_cli.errors import HasheeError, ModelNotFoundError
+from hashee_cli.hashing.table import HashTable
 from hashee_cli.seq2seq.architectures import seq2seq_architecture_for
 from hashee_cli.seq2seq.model import HashEESeq2SeqModel
 
@@ -116,25 +121,11 @@ def load_seq2seq_checkpoint(path: str | Path, device: torch.device | str = "cpu"
     """Load a summarisation checkpoint written by ``hashee finetune`` and move it to ``device`` in eval mode."""
     path = Path(path)
     settings = check_checkpoint_files(path)
-    try:
-        task = TaskSpec.from_dict(settings["task"])
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(f"{path / 'hashee_config.json'} has no valid task entry ({error}); re-run `hashee finetune`") from error
-    try:
-        hf_model = AutoModelForSeq2SeqLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot load the model in {path}: {error}") from error
-
-    table = None
-    assigner = None
-    if settings.get("hash_table"):
-        table = load_hash_table(path / HASH_TABLE_FILE)
-        depth = min(seq2seq_architecture_for(hf_model.config).depths(hf_model.config))
-        try:
-            table.check_compatible(tokenizer, depth, str(path / HASH_TABLE_FILE))
-        except HasheeError as error:
-            raise CheckpointError(str(error)) from error
-        assigner = build_assigner(table, tokenizer, hf_model.config.get_text_config(decoder=True).vocab_size)
+    task = checkpoint_task(path, settings)
+    hf_model, tokenizer = load_model_and_tokenizer(path, AutoModelForSeq2SeqLM)
+    # One table serves both stacks, so it is checked against the shallower one.
+    depth = min(seq2seq_architecture_for(hf_model.config).depths(hf_model.config))
+    vocab_size = hf_model.config.get_text_config(decoder=True).vocab_size
+    table, assigner = load_checkpoint_hash_table(path, settings, tokenizer, depth, vocab_size)
     model = HashEESeq2SeqModel(hf_model, assigner).to(device).eval()
     return Seq2SeqCheckpoint(path, model, tokenizer, task, settings, table)

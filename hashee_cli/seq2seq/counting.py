@@ -34,7 +34,8 @@ def count_summarizer(settings, unit: str, scale: int, on_example=None):
     ``settings`` is a ``CountSettings`` naming a summarisation checkpoint;
     ``unit`` and ``scale`` turn MACs into the requested unit.
     """
-    from hashee_cli.counting import CountResult
+    # Imported here because hashee_cli.counting imports this module.
+    from hashee_cli.counting import CountResult, summary_columns
 
     if settings.form != "auto":
         raise HasheeError(
@@ -93,13 +94,7 @@ def count_summarizer(settings, unit: str, scale: int, on_example=None):
         "num_examples": size,
         "num_truncated": encoded.num_truncated_documents,
         "flops_unit": unit,
-        "counted_flops_mean": float(counted.mean()),
-        "counted_flops_median": float(np.median(counted)),
-        "analytic_flops_mean": float(analytic.mean()),
-        "analytic_flops_median": float(np.median(analytic)),
-        "counted_vs_analytic": float(counted.mean() / analytic.mean() - 1),
-        "full_model_flops_mean": float(full_model.mean()),
-        "counted_ratio_to_full": float(counted.mean() / full_model.mean()),
+        **summary_columns(counted, analytic, full_model),
         "counted_encoder_flops_mean": float(counted_encoder.mean() * scale),
         "counted_decoder_flops_mean": float(counted_decoder.mean() * scale),
         "generated_tokens_mean": float(generated.mean()),
