@@ -33,7 +33,7 @@ from hashee_cli.modeling.exit_rules import DEFAULT_TOLERANCE, ExitRule, build_ru
 from hashee_cli.modeling.multi_exit import MultiExitModel
 from hashee_cli.provenance import version_columns
 
-# The exit rule that each early-exit method uses unless told otherwise.
+# The default exit rule of each early-exit method; --exit-rule overrides it.
 METHOD_RULES = {"deebert": "entropy", "pabee": "patience"}
 # Regression outputs of the replay and of the real forward may differ by rounding.
 REGRESSION_MATCH = 1e-4

@@ -264,7 +264,7 @@ def _prepare_data(settings: FinetuneSettings) -> _PreparedData:
 
 @dataclass
 class _Run:
-    """Where a run trains: its processes and precision, and the resumable state of a one-model method."""
+    """The setting of one training run: its processes and precision, and the resumable state of a one-model method."""
 
     context: DistributedContext
     precision: Precision
@@ -278,7 +278,7 @@ class _Run:
         return self.context.device
 
     def runtime(self, resumable: bool = True) -> TrainingRuntime:
-        """The training runtime; a model trained among several gets no checkpoints of its own."""
+        """Build the training runtime. A model trained among several gets no checkpoints of its own."""
         if not resumable:
             return TrainingRuntime(self.context, self.precision, stop=self.stop)
         return TrainingRuntime(self.context, self.precision, self.manager, self.run_settings, self.resume_from, self.stop)

@@ -92,7 +92,7 @@ def attention_mask(
 
 @dataclass
 class QueryBlock:
-    """Where each of the N active tokens of a layer sits in the zero-padded query block of its attention.
+    """The position of each of the N active tokens of a layer in the zero-padded query block of its attention.
 
     Attention needs queries grouped by row, so the block has ``rows`` rows of
     ``num_queries`` slots. ``positions`` (rows, Tq) is each slot's sequence
